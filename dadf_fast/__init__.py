@@ -1,0 +1,8 @@
+"""dadf-fast: DADF industrial anomaly detection with fused Triton and C++/CUDA kernels."""
+__version__ = "0.1.0"
+
+from . import ops, reference
+from ._backends import BackendUnavailable, backends
+from .model import DADF
+
+__all__ = ["DADF", "ops", "reference", "backends", "BackendUnavailable", "__version__"]

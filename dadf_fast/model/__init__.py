@@ -1,0 +1,6 @@
+"""The detector: DADF, its backbone and presets."""
+from .backbone import Backbone
+from .dadf import DADF
+from .presets import PRESETS
+
+__all__ = ["DADF", "Backbone", "PRESETS"]

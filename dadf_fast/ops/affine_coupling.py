@@ -1,0 +1,74 @@
+"""Public op: one affine coupling step (coupling + global affine + hard permutation)."""
+from __future__ import annotations
+
+import torch
+
+from .. import reference
+from ._dispatch import Op, check_float, check_same, lazy
+
+
+def _dtype_reasons(backend, device_type, dtype):
+    if backend == "triton" and device_type == "cpu" and dtype == torch.bfloat16:
+        return "the Triton interpreter has no bfloat16"
+    if backend == "triton" and dtype == torch.float64:
+        return "the Triton coupling kernel computes in float32 (float16/bfloat16/float32 only), not float64"
+    if backend == "cpp" and device_type == "cpu" and dtype not in (torch.float32, torch.float64):
+        return f"the C++ CPU kernels support float32 and float64, not {dtype}"
+    return None
+
+
+OP = Op(
+    name="affine_coupling",
+    backends={
+        "torch": lambda: reference.affine_coupling,
+        "triton": lazy("dadf_fast.kernels.affine_coupling", "affine_coupling_triton", "the Triton coupling kernel"),
+        "cpp": lazy("dadf_fast.cpp", "affine_coupling", "the C++ coupling op"),
+    },
+    dtype_reasons=_dtype_reasons,
+)
+
+
+def check_permutation(perm: torch.Tensor, channels: int) -> None:
+    """Raise unless ``perm`` is an int64 ``[channels]`` permutation of ``0..channels-1``."""
+    if not isinstance(perm, torch.Tensor) or perm.dtype != torch.int64:
+        raise TypeError(f"perm must be an int64 tensor, got {getattr(perm, 'dtype', type(perm).__name__)}")
+    if perm.shape != (channels,):
+        raise ValueError(f"perm must have shape [{channels}], got {tuple(perm.shape)}")
+    if perm.device.type == "cpu":  # on GPU this check would cost a host sync per call
+        if not torch.equal(torch.sort(perm).values, torch.arange(channels)):
+            raise ValueError("perm must be a permutation of 0..C-1 (each channel exactly once)")
+
+
+def affine_coupling(x, a, g, b, perm, clamp=2.0, a_scale=0.1, reverse=False, backend="auto"):
+    """Affine coupling step with FrEIA ``AllInOneBlock`` semantics
+    (see :func:`dadf_fast.reference.affine_coupling`).
+
+    Args:
+        x: ``[B, C, H, W]`` (C >= 2).  a: ``[B, 2*(C//2), H, W]`` raw subnet output.
+        g, b: ``[C]`` activated global scale and offset.  perm: ``[C]`` int64.
+        backend: ``"auto"``, ``"torch"``, ``"triton"`` or ``"cpp"``.
+    Returns:
+        ``(y [B, C, H, W], logdet [B])``.
+    """
+    check_float("x", x)
+    if x.dim() != 4:
+        raise ValueError(f"affine_coupling: x must be 4-D [B, C, H, W], got shape {tuple(x.shape)}")
+    bsz, c, h, w = x.shape
+    if c < 2:
+        raise ValueError(f"affine_coupling: x needs at least 2 channels to split, got C={c}")
+    for n, t in (("a", a), ("g", g), ("b", b)):
+        check_float(n, t)
+        check_same(n, t, "x", x)
+    want = (bsz, 2 * (c // 2), h, w)
+    if tuple(a.shape) != want:
+        raise ValueError(f"affine_coupling: a must have shape {list(want)} (2*(C//2) channels), got {tuple(a.shape)}")
+    for n, t in (("g", g), ("b", b)):
+        if tuple(t.shape) != (c,):
+            raise ValueError(f"affine_coupling: {n} must have shape [{c}], got {tuple(t.shape)}")
+    if perm.device != x.device:
+        raise ValueError(f"perm is on {perm.device} but x is on {x.device}")
+    check_permutation(perm, c)
+    if not clamp > 0:
+        raise ValueError(f"affine_coupling: clamp must be > 0, got {clamp}")
+    _, impl = OP.select(backend, x.device, x.dtype)
+    return impl(x, a, g, b, perm, float(clamp), float(a_scale), bool(reverse))

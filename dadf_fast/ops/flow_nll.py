@@ -1,0 +1,40 @@
+"""Public op: per-sample flow negative log-likelihood."""
+from __future__ import annotations
+
+import torch
+
+from .. import reference
+from ._dispatch import Op, check_float, check_same, lazy
+
+
+def _dtype_reasons(backend, device_type, dtype):
+    if backend == "cpp" and device_type == "cpu" and dtype not in (torch.float32, torch.float64):
+        return f"the C++ CPU kernels support float32 and float64, not {dtype}"
+    return None
+
+
+OP = Op(
+    name="flow_nll",
+    backends={"torch": lambda: reference.flow_nll, "cpp": lazy("dadf_fast.cpp", "flow_nll", "the C++ flow_nll op")},
+    dtype_reasons=_dtype_reasons,
+)
+
+
+def flow_nll(z, logdet, backend="auto"):
+    """``0.5 * sum(z^2) - logdet`` per sample.
+
+    Args:
+        z: ``[B, ...]`` latent.  logdet: ``[B]``.
+        backend: ``"auto"``, ``"torch"`` or ``"cpp"``.
+    Returns:
+        ``[B]``.
+    """
+    check_float("z", z)
+    check_float("logdet", logdet)
+    check_same("logdet", logdet, "z", z)
+    if z.dim() < 1:
+        raise ValueError("flow_nll: z must have a batch dimension")
+    if tuple(logdet.shape) != (z.shape[0],):
+        raise ValueError(f"flow_nll: logdet must have shape [{z.shape[0]}] (one per sample of z), got {tuple(logdet.shape)}")
+    _, impl = OP.select(backend, z.device, z.dtype)
+    return impl(z, logdet)

@@ -1,0 +1,67 @@
+"""Public op: multi-scale anomaly map and image score from flow latents."""
+from __future__ import annotations
+
+import torch
+
+from .. import reference
+from ._dispatch import Op, check_float, check_same, lazy
+
+REDUCTIONS = ("max", "mean")
+
+
+def _dtype_reasons(backend, device_type, dtype):
+    if backend == "cpp" and device_type == "cpu" and dtype not in (torch.float32, torch.float64):
+        return f"the C++ CPU kernels support float32 and float64, not {dtype}"
+    return None
+
+
+OP = Op(
+    name="multiscale_score",
+    backends={
+        "torch": lambda: reference.multiscale_score,
+        "cpp": lazy("dadf_fast.cpp", "multiscale_score", "the C++ multiscale_score op"),
+    },
+    dtype_reasons=_dtype_reasons,
+)
+
+
+def normalize_size(out_size) -> tuple[int, int]:
+    if isinstance(out_size, int):
+        out_size = (out_size, out_size)
+    try:
+        hh, ww = (int(v) for v in out_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"out_size must be an int or (H, W), got {out_size!r}") from None
+    if hh <= 0 or ww <= 0:
+        raise ValueError(f"out_size must be positive, got {out_size!r}")
+    return hh, ww
+
+
+def multiscale_score(zs, out_size, reduce="max", backend="auto"):
+    """Anomaly map ``1 - mean_s upsample(exp(-0.5 mean_c z_s^2))`` and image score.
+
+    Args:
+        zs: non-empty list of ``[B, C_s, h_s, w_s]`` latents (same B, dtype, device).
+        out_size: int or ``(H, W)``.  reduce: ``"max"`` or ``"mean"`` of the map.
+        backend: ``"auto"``, ``"torch"`` or ``"cpp"``.
+    Returns:
+        ``(anomaly_map [B, 1, H, W], score [B])``.
+    """
+    if isinstance(zs, torch.Tensor) or not isinstance(zs, (list, tuple)):
+        raise TypeError("multiscale_score: zs must be a list of [B, C, h, w] tensors")
+    if len(zs) == 0:
+        raise ValueError("multiscale_score: zs is empty; pass at least one scale")
+    for i, z in enumerate(zs):
+        check_float(f"zs[{i}]", z)
+        if z.dim() != 4:
+            raise ValueError(f"multiscale_score: zs[{i}] must be 4-D [B, C, h, w], got shape {tuple(z.shape)}")
+        check_same(f"zs[{i}]", z, "zs[0]", zs[0])
+        if z.shape[0] != zs[0].shape[0]:
+            raise ValueError(f"multiscale_score: zs[{i}] has batch {z.shape[0]} but zs[0] has {zs[0].shape[0]}")
+        if z.numel() == 0:
+            raise ValueError(f"multiscale_score: zs[{i}] is empty (shape {tuple(z.shape)})")
+    size = normalize_size(out_size)
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"multiscale_score: reduce must be one of {REDUCTIONS}, got {reduce!r}")
+    _, impl = OP.select(backend, zs[0].device, zs[0].dtype)
+    return impl(list(zs), size, reduce)

@@ -1,0 +1,10 @@
+"""Pure-torch reference implementations: the source of truth every fast backend is tested
+against.  Plain, readable torch that follows the official DADF / FrEIA computation, dense
+permutation included.  This package imports nothing else from ``dadf_fast``.
+"""
+from .affine_coupling import affine_coupling, permutation_matrix
+from .dual_attention import dual_attention
+from .flow_nll import flow_nll
+from .multiscale_score import multiscale_score
+
+__all__ = ["dual_attention", "affine_coupling", "permutation_matrix", "flow_nll", "multiscale_score"]

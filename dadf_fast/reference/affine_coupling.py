@@ -1,0 +1,66 @@
+"""Reference affine coupling step with FrEIA 0.2 ``AllInOneBlock`` semantics.
+
+One step, given the subnet output ``a`` for the first half:
+
+    x1, x2 = x[:, :C - C//2], x[:, C - C//2:]
+    a      = a_scale * a
+    s      = clamp * tanh(a[:, :C//2]);  t = a[:, C//2:]
+    u      = cat(x1, x2 * exp(s) + t)
+    y      = conv1x1(u * g + b, W)           with W[i, perm[i]] = 1   (dense, as FrEIA)
+    logdet = sum_{c,h,w} s + H*W * sum_c log g
+
+The permutation is deliberately a dense 0/1 1x1 convolution, as FrEIA applies it, so that
+this reference carries the official cost.
+"""
+import torch
+import torch.nn.functional as F
+
+
+def permutation_matrix(perm, dtype=torch.float32):
+    """``[C, C]`` 0/1 matrix ``W`` with ``W[i, perm[i]] = 1`` (output channel i takes perm[i])."""
+    c = perm.numel()
+    w = torch.zeros(c, c, dtype=dtype, device=perm.device)
+    w[torch.arange(c, device=perm.device), perm] = 1
+    return w
+
+
+def _conv1x1(x, w):
+    return F.conv2d(x, w.to(x.dtype)[:, :, None, None])
+
+
+def affine_coupling(x, a, g, b, perm, clamp=2.0, a_scale=0.1, reverse=False):
+    """One affine coupling step with global affine and hard permutation.
+
+    Args:
+        x: ``[B, C, H, W]`` input (``reverse=True``: the step's output y).
+        a: ``[B, 2*(C//2), H, W]`` raw subnet output (of the first ``C - C//2`` channels of
+            the step's *input*; in reverse the caller recovers them first).
+        g, b: ``[C]`` activated global scale (> 0) and offset.
+        perm: ``[C]`` int64 permutation, output channel i takes channel ``perm[i]``.
+
+    Returns:
+        ``(y, logdet)``: ``y [B, C, H, W]``; ``logdet [B]`` is ``log|det dy/dx|``
+        (reverse: the exact inverse and minus the forward log-determinant).
+    """
+    c = x.shape[1]
+    c2 = c // 2
+    c1 = c - c2
+    n_pixels = x.shape[2] * x.shape[3]
+    a = a * a_scale
+    s = clamp * torch.tanh(a[:, :c2])
+    t = a[:, c2:]
+    w = permutation_matrix(perm, dtype=x.dtype)
+    g4 = g.view(1, c, 1, 1)
+    b4 = b.view(1, c, 1, 1)
+    log_g = n_pixels * torch.log(g).sum()
+    if not reverse:
+        x1, x2 = x[:, :c1], x[:, c1:]
+        u = torch.cat((x1, x2 * torch.exp(s) + t), dim=1)
+        y = _conv1x1(u * g4 + b4, w)
+        logdet = s.sum(dim=(1, 2, 3)) + log_g
+        return y, logdet
+    u = (_conv1x1(x, w.t()) - b4) / g4
+    u1, u2 = u[:, :c1], u[:, c1:]
+    y = torch.cat((u1, (u2 - t) * torch.exp(-s)), dim=1)
+    logdet = -s.sum(dim=(1, 2, 3)) - log_g
+    return y, logdet

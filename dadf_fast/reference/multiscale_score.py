@@ -1,0 +1,29 @@
+"""Reference multi-scale anomaly scoring."""
+import torch
+import torch.nn.functional as F
+
+
+def multiscale_score(zs, out_size, reduce="max"):
+    """Anomaly map and image score from per-scale flow latents.
+
+    Per scale ``p = exp(-0.5 * mean_c z^2)`` (``[B,1,h,w]``), bilinearly upsampled
+    (``align_corners=False``) to ``out_size``; ``map = 1 - mean over scales of p``.
+
+    Args:
+        zs: list of ``[B, C_s, h_s, w_s]`` latents.
+        out_size: int or ``(H, W)``.
+        reduce: ``"max"`` (image score = max of the map) or ``"mean"``.
+    Returns:
+        ``(anomaly_map [B, 1, H, W], score [B])``.
+    """
+    if isinstance(out_size, int):
+        out_size = (out_size, out_size)
+    total = None
+    for z in zs:
+        p = torch.exp(-0.5 * z.pow(2).mean(dim=1, keepdim=True))
+        p = F.interpolate(p, size=tuple(out_size), mode="bilinear", align_corners=False)
+        total = p if total is None else total + p
+    amap = 1.0 - total / len(zs)
+    flat = amap.flatten(1)
+    score = flat.amax(dim=1) if reduce == "max" else flat.mean(dim=1)
+    return amap, score
