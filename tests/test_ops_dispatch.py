@@ -49,6 +49,7 @@ def test_unimplemented_backend_raises_with_reason():
 
 def test_triton_on_cpu_without_interpreter_says_why(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
+    ops.clear_backend_cache()
     q = torch.randn(1, 1, 4, 8)
     with pytest.raises(BackendUnavailable, match="TRITON_INTERPRET"):
         ops.dual_attention(q, q, q, q, q, backend="triton")

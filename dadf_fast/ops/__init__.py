@@ -15,6 +15,12 @@ from .multiscale_score import multiscale_score
 OPS = (_da.OP, _ac.OP, _fn.OP, _ms.OP)
 
 
+def clear_backend_cache() -> None:
+    """Forget cached backend resolutions (after changing the environment in tests)."""
+    for op in OPS:
+        op._cache.clear()
+
+
 def selected_backend(op_name: str, backend: str, device, dtype) -> str:
     """The backend name ``backend`` resolves to for op ``op_name`` on such tensors."""
     import torch
@@ -23,4 +29,4 @@ def selected_backend(op_name: str, backend: str, device, dtype) -> str:
     return op.select(backend, torch.device(device), dtype)[0]
 
 
-__all__ = ["dual_attention", "affine_coupling", "flow_nll", "multiscale_score", "OPS", "selected_backend"]
+__all__ = ["dual_attention", "affine_coupling", "flow_nll", "multiscale_score", "OPS", "selected_backend", "clear_backend_cache"]

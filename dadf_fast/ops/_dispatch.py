@@ -22,6 +22,7 @@ class Op:
     name: str
     backends: dict  # backend name -> zero-arg loader returning the implementation
     dtype_reasons: Callable[[str, str, torch.dtype], str | None] = lambda backend, dev, dtype: None
+    _cache: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def reason(self, backend: str, device: torch.device, dtype: torch.dtype) -> str | None:
         """Why ``backend`` cannot run this op on such tensors (None when it can)."""
@@ -40,7 +41,21 @@ class Op:
         return None
 
     def select(self, backend: str, device: torch.device, dtype: torch.dtype) -> tuple[str, Callable]:
-        """Resolve ``backend`` ("auto" or a name) to ``(name, implementation)``."""
+        """Resolve ``backend`` ("auto" or a name) to ``(name, implementation)``.
+
+        Successful resolutions are cached per (backend, device type, dtype), so that code
+        traced by ``torch.compile`` after a first eager call only sees a dict lookup (the
+        first resolution may import a kernel module, which Dynamo cannot trace).
+        """
+        key = (backend, device.type, dtype)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        hit = self._resolve(backend, device, dtype)
+        self._cache[key] = hit
+        return hit
+
+    def _resolve(self, backend: str, device: torch.device, dtype: torch.dtype) -> tuple[str, Callable]:
         if backend == "auto":
             for name in AUTO_ORDER.get(device.type, ("torch",)):
                 if self.reason(name, device, dtype) is None:
