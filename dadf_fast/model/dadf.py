@@ -160,10 +160,17 @@ class DADF(nn.Module):
             self.train(was_training)
         return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
 
+    def fit(self, train_data, **kwargs) -> dict:
+        """Two-stage training; see :func:`dadf_fast.training.fit` for the arguments."""
+        from ..training import fit  # the training loop lives in the pipeline layer above
+
+        return fit(self, train_data, **kwargs)
+
     # ------------------------------------------------------------------ persistence
-    def save(self, path) -> None:
-        """Write config + weights to one file, atomically (temp file, then rename)."""
+    def save(self, path, extra: dict | None = None) -> None:
+        """Write config + weights (+ ``extra`` metadata) to one file, atomically."""
         payload = {
+            **(extra or {}),
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
             "config": dict(self.config),

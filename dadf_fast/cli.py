@@ -1,0 +1,195 @@
+"""The ``dadf-fast`` command line: train, test, predict, demo, bench."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+EXPECTED_ERRORS = (ValueError, FileNotFoundError, FileExistsError, TypeError, KeyError, RuntimeError, OSError)
+
+
+class UserError(Exception):
+    """An error in what the user asked for: printed as one line, exit code 2."""
+
+
+def _add_common(p, checkpoint=False):
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--batch-size", type=int, default=8, help="batch size (default: 8)")
+    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default: 0)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton", "cpp"],
+                   help="kernel backend (default: auto)")
+
+
+def _add_data(p, required=True):
+    g = p.add_argument_group("data (MVTec AD / MVTec LOCO AD root + --category, or plain folders)")
+    g.add_argument("--data", help="dataset root (MVTec AD or MVTec LOCO AD layout)")
+    g.add_argument("--category", help="category folder under --data, e.g. bottle")
+    g.add_argument("--normal-dir", help="plain folder of normal training images (instead of --data)")
+    g.add_argument("--test-dir", help="plain folder of test images")
+    g.add_argument("--mask-dir", help="plain folder of test masks (<stem>.png or <stem>_mask.png)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dadf-fast", description="DADF anomaly detection with fast kernels")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a detector on normal images")
+    _add_data(p)
+    p.add_argument("--out", required=True, help="output folder (checkpoints: stage1.pt, model.pt)")
+    p.add_argument("--preset", default="lite", choices=["lite", "paper"])
+    p.add_argument("--method", default="dadf", choices=["dadf"], help="detector (default: dadf)")
+    p.add_argument("--recipe", default=None, choices=["paper", "lite"],
+                   help="training recipe (default: lite for the lite preset, paper otherwise)")
+    p.add_argument("--epochs-recon", type=int, default=None, help="stage-1 (reconstruction) epochs")
+    p.add_argument("--epochs-flow", type=int, default=None, help="stage-2 (flow) epochs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--input-size", type=int, default=256)
+    p.add_argument("--no-pretrained", action="store_true", help="random backbone weights")
+    p.add_argument("--backbone-weights", help="local backbone weights file (no network needed)")
+    p.add_argument("--resume", action="store_true", help="continue from the last completed stage in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_common(p)
+
+    p = sub.add_parser("test", help="evaluate a trained detector on a labelled test set")
+    p.add_argument("--checkpoint", required=True, help="model.pt written by train")
+    _add_data(p)
+    p.add_argument("--out", help="folder for heatmaps, .tiff maps and metrics.json")
+    p.add_argument("--smooth", type=float, default=None, help="Gaussian sigma for the maps (default: model's)")
+    _add_common(p)
+
+    p = sub.add_parser("predict", help="score image files")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--out", help="folder for overlays and .tiff maps")
+    p.add_argument("--smooth", type=float, default=None)
+    _add_common(p)
+
+    p = sub.add_parser("demo", help="build a small dataset from bundled photos, train, evaluate (CPU, minutes)")
+    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    p.add_argument("--categories", nargs="+", default=None, help="demo categories (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    _add_common(p)
+
+    p = sub.add_parser("bench", help="throughput of the backends (images/s)")
+    p.add_argument("--preset", default="lite", choices=["lite", "paper"])
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=None)
+    p.add_argument("--quick", action="store_true", help="small run (about a minute on a 2-core CPU)")
+    p.add_argument("--csv", help="write the results as CSV here")
+    p.add_argument("--device", default="cpu")
+    return parser
+
+
+def _datasets(args, split, image_size):
+    from . import data
+
+    if args.data:
+        if not args.category:
+            cats = data.list_categories(args.data) if os.path.isdir(args.data) else []
+            raise UserError(f"--category is required with --data (categories in {args.data}: {', '.join(cats) or 'none'})")
+        loco = os.path.isdir(os.path.join(args.data, args.category, "validation"))
+        cls = data.MVTecLOCO if loco else data.MVTecAD
+        return cls(args.data, args.category, split=split, image_size=image_size)
+    if split == "train":
+        if not args.normal_dir:
+            raise UserError("give --data and --category (MVTec layout) or --normal-dir (plain folder)")
+        return data.FolderDataset(normal_dir=args.normal_dir, split="train", image_size=image_size)
+    if not args.test_dir:
+        raise UserError("give --data and --category (MVTec layout) or --test-dir (plain folder)")
+    return data.FolderDataset(test_dir=args.test_dir, mask_dir=args.mask_dir, split="test", image_size=image_size)
+
+
+def cmd_train(args):
+    import torch
+
+    from . import DADF
+
+    torch.manual_seed(args.seed)
+    recipe = args.recipe or ("lite" if args.preset == "lite" else "paper")
+    train = _datasets(args, "train", args.input_size)
+    model = DADF(args.preset, pretrained=not args.no_pretrained, input_size=args.input_size, backend=args.backend,
+                 backbone_weights=args.backbone_weights).to(args.device)
+    res = model.fit(train, recipe=recipe, epochs_recon=args.epochs_recon, epochs_flow=args.epochs_flow,
+                    batch_size_recon=args.batch_size, seed=args.seed, out_dir=args.out, resume=args.resume,
+                    progress=not args.quiet)
+    print(f"trained on {len(train)} images; checkpoint: {os.path.join(args.out, 'model.pt')}")
+    print(json.dumps(res["seconds"]))
+
+
+def _load(args):
+    from . import DADF
+
+    return DADF.load(args.checkpoint, backend=args.backend, map_location=args.device)
+
+
+def cmd_test(args):
+    from .evaluation import evaluate, format_table, public
+
+    model = _load(args)
+    test = _datasets(args, "test", model.input_size)
+    res = evaluate(model, test, batch_size=args.batch_size, out_dir=args.out, category=args.category or "folder",
+                   smooth_sigma=args.smooth if args.smooth is not None else model.config.get("smooth_sigma", 0.0))
+    print(format_table(res, f"{args.category or args.test_dir}: {res['n_images']} test images"))
+    if args.out:
+        print(f"heatmaps, maps and metrics.json written under {args.out}")
+    return public(res)
+
+
+def cmd_predict(args):
+    from .data import IMAGE_EXTENSIONS
+    from .evaluation import predict_files
+
+    paths = []
+    for p in args.images:
+        if os.path.isdir(p):
+            paths += sorted(os.path.join(p, f) for f in os.listdir(p) if f.lower().endswith(tuple(IMAGE_EXTENSIONS)))
+        elif os.path.isfile(p):
+            paths.append(p)
+        else:
+            raise UserError(f"no such image file or folder: {p}")
+    if not paths:
+        raise UserError("no images found")
+    model = _load(args)
+    rows = predict_files(model, paths, batch_size=args.batch_size, out_dir=args.out,
+                         smooth_sigma=args.smooth if args.smooth is not None else model.config.get("smooth_sigma", 0.0))
+    for r in rows:
+        print(f"{r['score']:.5f}  {r['path']}")
+
+
+def cmd_demo(args):
+    from .demo import run_demo
+
+    run_demo(args.out, categories=args.categories, seed=args.seed, device=args.device, backend=args.backend,
+             progress=not args.quiet)
+
+
+def cmd_bench(args):
+    from .bench import run_bench
+
+    run_bench(preset=args.preset, batch_sizes=args.batch_sizes, quick=args.quick, csv=args.csv, device=args.device)
+
+
+COMMANDS = {"train": cmd_train, "test": cmd_test, "predict": cmd_predict, "demo": cmd_demo, "bench": cmd_bench}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"dadf-fast {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dadf-fast {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except EXPECTED_ERRORS as exc:
+        if os.environ.get("DADF_FAST_DEBUG"):
+            raise
+        print(f"dadf-fast {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

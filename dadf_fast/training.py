@@ -1,0 +1,214 @@
+"""Two-stage training of DADF (stage 1: reconstruction transformer; stage 2: flows).
+
+The backbone is frozen, so its features of the (few) training images are computed once and
+cached; stage 2 also caches the flow inputs ``cat(F, R_l, R_g)`` once the transformer is
+frozen.  A training step then costs only the trainable part, which on a 2-core CPU is the
+difference between minutes and an hour.  Caching is exact: the frozen parts are
+deterministic in eval mode.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+RECIPES = ("paper", "lite")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or Inf."""
+
+
+@dataclasses.dataclass
+class FitConfig:
+    """Training hyper-parameters.  ``recipe="paper"`` is the official DADF recipe
+    (AdamW 1e-4 betas (0.9, 0.95) batch 8 for stage 1; Adam 1e-3 wd 1e-5 batch 16 for
+    stage 2).  ``recipe="lite"`` is the small-data recipe (see docs/accuracy.md)."""
+
+    recipe: str = "paper"
+    epochs_recon: int = 200
+    epochs_flow: int = 15
+    batch_size_recon: int = 8
+    batch_size_flow: int = 16
+    lr_recon: float = 1e-4
+    lr_flow: float = 1e-3
+    weight_decay_flow: float = 1e-5
+    grad_clip: float | None = None
+    hflip: bool = False
+    vflip: bool = False
+    seed: int = 0
+
+    @classmethod
+    def for_recipe(cls, recipe: str = "paper", **overrides) -> "FitConfig":
+        if recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
+        base = {}
+        if recipe == "lite":
+            base = dict(epochs_recon=60, epochs_flow=20, lr_flow=5e-4, grad_clip=1.0, hflip=True)
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(recipe=recipe, **base)
+
+
+def _images_of(data) -> torch.Tensor:
+    """``[N, 3, S, S]`` images from a tensor or a dataset of dicts / tensors."""
+    if isinstance(data, torch.Tensor):
+        return data
+    if not isinstance(data, Dataset) and not hasattr(data, "__getitem__"):
+        raise TypeError("train_data must be a tensor [N, 3, S, S] or a dataset of images")
+    if len(data) == 0:
+        raise ValueError("train_data is empty: at least one normal image is needed")
+    items = [data[i] for i in range(len(data))]
+    imgs = [it["image"] if isinstance(it, dict) else (it[0] if isinstance(it, (tuple, list)) else it) for it in items]
+    return torch.stack(imgs)
+
+
+def _variants(images: torch.Tensor, cfg: FitConfig) -> torch.Tensor:
+    out = [images]
+    if cfg.hflip:
+        out.append(images.flip(-1))
+    if cfg.vflip:
+        out += [t.flip(-2) for t in list(out)]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def _batched(fn, x: torch.Tensor, batch: int, device) -> list:
+    """Apply ``fn`` (returning a list of tensors) to ``x`` in chunks; concatenate per output."""
+    outs = [fn(chunk.to(device)) for chunk in torch.split(x, batch)]
+    return [torch.cat([o[i] for o in outs]) for i in range(len(outs[0]))]
+
+
+def _progress(iterable, desc: str, enabled: bool, total=None):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
+
+
+def _check_finite(loss: torch.Tensor, stage: int, epoch: int, checkpoint: str | None) -> None:
+    if not torch.isfinite(loss):
+        kept = f"; the last good checkpoint is {checkpoint!r}" if checkpoint and os.path.exists(checkpoint) else ""
+        raise TrainingDiverged(
+            f"stage {stage} loss became {loss.item()} at epoch {epoch + 1}; training stopped (try a lower learning "
+            f"rate or gradient clipping){kept}"
+        )
+
+
+def _train_epochs(params, loss_fn, n: int, batch: int, epochs: int, opt, cfg: FitConfig, stage: int,
+                  progress: bool, gen: torch.Generator, log, checkpoint):
+    history = []
+    bar = _progress(range(epochs), f"stage {stage}", progress)
+    for epoch in bar:
+        order = torch.randperm(n, generator=gen)
+        total, count = 0.0, 0
+        for idx in torch.split(order, batch):
+            loss = loss_fn(idx)
+            _check_finite(loss, stage, epoch, checkpoint)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            total += loss.item() * len(idx)
+            count += len(idx)
+        history.append(total / count)
+        if progress and hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{history[-1]:.4g}")
+    log(f"stage {stage}: {epochs} epochs, final loss {history[-1] if history else float('nan'):.5g}")
+    return history
+
+
+def fit(model, train_data, config: FitConfig | None = None, out_dir: str | None = None, resume: bool = False,
+        device=None, progress: bool = True, log=print, **overrides) -> dict:
+    """Train ``model`` (a :class:`dadf_fast.DADF`) on normal images.
+
+    Args:
+        train_data: tensor ``[N, 3, S, S]`` or a dataset whose items have an ``image``.
+        config: a :class:`FitConfig` (default: ``FitConfig.for_recipe(**overrides)``).
+        out_dir: where ``stage1.pt`` and ``model.pt`` are written (atomically) at the end of
+            each stage.  resume: continue from the last completed stage found in ``out_dir``.
+    Returns:
+        ``{"loss_recon": [per-epoch], "loss_flow": [per-epoch], "seconds": {...}}``.
+    """
+    if config is None:
+        config = FitConfig.for_recipe(overrides.pop("recipe", "paper"), **overrides)
+    elif overrides:
+        config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    cfg = config
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(device)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    stage1_path = os.path.join(out_dir, "stage1.pt") if out_dir else None
+    final_path = os.path.join(out_dir, "model.pt") if out_dir else None
+    result = {"loss_recon": [], "loss_flow": [], "seconds": {}, "resumed_from": None}
+
+    done = 0
+    if resume:
+        if not out_dir:
+            raise ValueError("resume=True needs out_dir (where the checkpoints of the interrupted run are)")
+        for stage, path in ((2, final_path), (1, stage1_path)):
+            if path and os.path.exists(path):
+                payload = model.read_checkpoint(path)
+                model.load_state_dict(payload["state_dict"])
+                done = int(payload.get("stage_done", stage))
+                result["resumed_from"] = path
+                log(f"resuming from {path} (stage {done} complete)")
+                break
+    if done >= 2:
+        return result
+
+    images = _images_of(train_data)
+    model.check_images(images[:1])
+    images = _variants(images, cfg)
+    n = images.shape[0]
+    model.eval()
+    t0 = time.perf_counter()
+    feats = _batched(lambda x: model.features(x), images, 16, device)
+    result["seconds"]["features"] = time.perf_counter() - t0
+
+    if done < 1:
+        t0 = time.perf_counter()
+        params = [p for p in model.reconstructor.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.lr_recon, betas=(0.9, 0.95))
+        from .nn import reconstruction_loss
+
+        def recon_loss(idx):
+            f = [t[idx] for t in feats]
+            local, glob = model.reconstructor(f)
+            return reconstruction_loss(f, local, glob)
+
+        model.reconstructor.train()
+        result["loss_recon"] = _train_epochs(params, recon_loss, n, cfg.batch_size_recon, cfg.epochs_recon, opt, cfg,
+                                             1, progress, gen, log, stage1_path)
+        model.eval()
+        result["seconds"]["stage1"] = time.perf_counter() - t0
+        if stage1_path:
+            model.save(stage1_path, extra={"stage_done": 1})
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        inputs = []
+        for idx in torch.split(torch.arange(n), 16):
+            f = [t[idx] for t in feats]
+            local, glob = model.reconstructor(f)
+            inputs.append(model.flow_inputs(f, local, glob))
+        inputs = [torch.cat([b[s] for b in inputs]) for s in range(len(feats))]
+    params = [p for p in model.flows.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.lr_flow, weight_decay=cfg.weight_decay_flow)
+    model.flows.train()
+    result["loss_flow"] = _train_epochs(params, lambda idx: model.flow_loss([t[idx] for t in inputs]), n,
+                                        cfg.batch_size_flow, cfg.epochs_flow, opt, cfg, 2, progress, gen, log,
+                                        stage1_path)
+    model.eval()
+    result["seconds"]["stage2"] = time.perf_counter() - t0
+    if final_path:
+        model.save(final_path, extra={"stage_done": 2})
+    return result
+
+
+__all__ = ["FitConfig", "fit", "TrainingDiverged", "RECIPES"]

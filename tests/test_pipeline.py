@@ -1,0 +1,123 @@
+"""Training, resume, divergence handling, evaluation outputs and the CLI on tiny data."""
+import json
+from pathlib import Path
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from dadf_fast import DADF
+from dadf_fast.cli import main
+from dadf_fast.data import MVTecAD
+from dadf_fast.evaluation import evaluate
+from dadf_fast.synthetic import make_dataset
+from dadf_fast.training import TrainingDiverged
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mvtec")
+    make_dataset(root, categories=["brick"], n_train=6, n_test_good=3, n_test_defect=3, image_size=64, seed=0)
+    return str(root)
+
+
+def _model():
+    torch.manual_seed(0)
+    return DADF("lite", input_size=64, depth=1, flow_steps=2, backend="torch")
+
+
+FAST = dict(epochs_recon=2, epochs_flow=2, progress=False, log=lambda *a: None)
+
+
+def test_fit_checkpoints_resume_and_determinism(tiny_root, tmp_path):
+    train = MVTecAD(tiny_root, "brick", "train", image_size=64)
+    m1 = _model()
+    res = m1.fit(train, out_dir=str(tmp_path / "a"), **FAST)
+    assert len(res["loss_recon"]) == 2 and len(res["loss_flow"]) == 2
+    assert (tmp_path / "a" / "stage1.pt").exists() and (tmp_path / "a" / "model.pt").exists()
+    # same seed, same data: identical weights
+    m2 = _model()
+    m2.fit(train, out_dir=str(tmp_path / "b"), **FAST)
+    for (k, a), (_, b) in zip(m1.state_dict().items(), m2.state_dict().items()):
+        assert torch.equal(a, b), k
+    # resume with everything done: nothing trains, the weights come from model.pt
+    m3 = _model()
+    res3 = m3.fit(train, out_dir=str(tmp_path / "a"), resume=True, **FAST)
+    assert res3["loss_recon"] == [] and res3["loss_flow"] == []
+    assert torch.equal(m3.flows[0].norm.weight, m1.flows[0].norm.weight)
+    # interrupted after stage 1: resume trains only stage 2 and matches the uninterrupted run
+    os.remove(tmp_path / "b" / "model.pt")
+    m4 = _model()
+    res4 = m4.fit(train, out_dir=str(tmp_path / "b"), resume=True, **FAST)
+    assert res4["loss_recon"] == [] and len(res4["loss_flow"]) == 2
+    assert res4["resumed_from"].endswith("stage1.pt")
+    for p4, p1 in zip(m4.reconstructor.parameters(), m1.reconstructor.parameters()):
+        assert torch.equal(p4, p1)
+
+
+def test_nan_loss_stops_training_and_keeps_last_checkpoint(tiny_root, tmp_path, monkeypatch):
+    train = MVTecAD(tiny_root, "brick", "train", image_size=64)
+    model = _model()
+    monkeypatch.setattr(model, "flow_loss", lambda inputs: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(TrainingDiverged, match="stage 2 loss became nan.*stage1.pt"):
+        model.fit(train, out_dir=str(tmp_path), **FAST)
+    assert DADF.read_checkpoint(tmp_path / "stage1.pt")["stage_done"] == 1
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_evaluate_writes_maps_heatmaps_and_metrics(tiny_root, tmp_path):
+    train = MVTecAD(tiny_root, "brick", "train", image_size=64)
+    test = MVTecAD(tiny_root, "brick", "test", image_size=64)
+    model = _model()
+    model.fit(train, **FAST)
+    res = evaluate(model, test, out_dir=str(tmp_path), category="brick")
+    for key in ("image_auroc", "pixel_auroc", "aupro"):
+        assert 0.0 <= res[key] <= 1.0
+    assert set(res["per_defect"]) == {"scratch", "patch", "spot"}
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["image_auroc"] == res["image_auroc"] and saved["n_images"] == len(test)
+    tiffs = sorted((tmp_path / "brick" / "test").rglob("*.tiff"))
+    assert len(tiffs) == len(test)
+    import tifffile
+
+    arr = tifffile.imread(tiffs[0])
+    assert arr.shape == (64, 64) and arr.dtype == np.float32
+    assert len(list((tmp_path / "heatmaps").rglob("*.png"))) == len(test)
+
+
+def test_cli_train_test_predict(tiny_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", "--data", tiny_root, "--category", "brick", "--out", str(out), "--input-size", "64",
+               "--epochs-recon", "1", "--epochs-flow", "1", "--quiet", "--backend", "torch"])
+    assert rc == 0 and (out / "model.pt").exists()
+    rc = main(["test", "--checkpoint", str(out / "model.pt"), "--data", tiny_root, "--category", "brick",
+               "--out", str(tmp_path / "eval")])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "image_auroc" in text and "per defect" in text
+    img = next(Path(tiny_root).rglob("test/good/*.png"))
+    rc = main(["predict", "--checkpoint", str(out / "model.pt"), str(img), "--out", str(tmp_path / "pred")])
+    assert rc == 0
+    assert (tmp_path / "pred" / (img.stem + ".png")).exists()
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert float(line.split()[0]) >= 0 and line.endswith(img.name)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["train", "--data", "/no/such/root", "--category", "x", "--out", "/tmp/x"], "/no/such/root"),
+    (["train", "--out", "/tmp/x"], "--normal-dir"),
+    (["test", "--checkpoint", "/no/such/model.pt", "--test-dir", "/tmp"], "/no/such/model.pt"),
+    (["predict", "--checkpoint", "/no/such/model.pt", "/no/such/image.png"], "/no/such/image.png"),
+])
+def test_cli_user_errors_are_one_line(argv, needle, capsys):
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert needle in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_cli_unknown_category_lists_available(tiny_root, capsys):
+    rc = main(["train", "--data", tiny_root, "--category", "bottle", "--out", "/tmp/never"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "brick" in err
