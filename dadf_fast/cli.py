@@ -129,7 +129,7 @@ def cmd_test(args):
     model = _load(args)
     test = _datasets(args, "test", model.input_size)
     res = evaluate(model, test, batch_size=args.batch_size, out_dir=args.out, category=args.category or "folder",
-                   smooth_sigma=args.smooth if args.smooth is not None else model.config.get("smooth_sigma", 0.0))
+                   smooth_sigma=args.smooth)
     print(format_table(res, f"{args.category or args.test_dir}: {res['n_images']} test images"))
     if args.out:
         print(f"heatmaps, maps and metrics.json written under {args.out}")
@@ -152,7 +152,7 @@ def cmd_predict(args):
         raise UserError("no images found")
     model = _load(args)
     rows = predict_files(model, paths, batch_size=args.batch_size, out_dir=args.out,
-                         smooth_sigma=args.smooth if args.smooth is not None else model.config.get("smooth_sigma", 0.0))
+                         smooth_sigma=args.smooth)
     for r in rows:
         print(f"{r['score']:.5f}  {r['path']}")
 

@@ -13,34 +13,23 @@ from ._io import atomic_write_text
 from .data import collate, denormalize, load_rgb
 
 
-def _smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian smoothing of ``[B, 1, H, W]`` maps (separable, reflect padding)."""
-    if not sigma:
-        return maps
-    radius = int(4 * sigma + 0.5)
-    x = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    k = k / k.sum()
-    pad = torch.nn.functional.pad(maps, (radius, radius, 0, 0), mode="reflect")
-    out = torch.nn.functional.conv2d(pad, k.view(1, 1, 1, -1))
-    pad = torch.nn.functional.pad(out, (0, 0, radius, radius), mode="reflect")
-    return torch.nn.functional.conv2d(pad, k.view(1, 1, -1, 1))
-
-
 @torch.no_grad()
-def score_images(model, images: torch.Tensor, batch_size: int = 8, smooth_sigma: float = 0.0,
+def score_images(model, images: torch.Tensor, batch_size: int = 8, smooth_sigma: float | None = None,
                  device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Anomaly maps ``[N, 1, S, S]`` and scores ``[N]`` (max of the possibly smoothed map)."""
+    """Anomaly maps ``[N, 1, S, S]`` and scores ``[N]``: the model's own (its configured
+    smoothing included), or, with ``smooth_sigma``, the raw maps smoothed by that sigma
+    and the max of the result."""
     device = device or next(model.parameters()).device
-    maps = []
+    maps, scores = [], []
     for chunk in torch.split(images, batch_size):
-        maps.append(model.predict(chunk.to(device))["anomaly_map"].cpu())
-    amap = _smooth(torch.cat(maps), smooth_sigma)
-    return amap, amap.flatten(1).amax(1)
+        out = model.predict(chunk.to(device), smooth_sigma=smooth_sigma)
+        maps.append(out["anomaly_map"].cpu())
+        scores.append(out["score"].cpu())
+    return torch.cat(maps), torch.cat(scores)
 
 
 def evaluate(model, test_data, batch_size: int = 8, out_dir: str | None = None, category: str = "category",
-             heatmaps: bool = True, tiff: bool = True, smooth_sigma: float = 0.0, device=None,
+             heatmaps: bool = True, tiff: bool = True, smooth_sigma: float | None = None, device=None,
              log=None) -> dict:
     """Metrics of ``model`` on a labelled test dataset (items with image, mask, label, defect, path).
 
@@ -134,7 +123,7 @@ def public(result: dict) -> dict:
 
 
 @torch.no_grad()
-def predict_files(model, paths, batch_size: int = 8, out_dir: str | None = None, smooth_sigma: float = 0.0) -> list:
+def predict_files(model, paths, batch_size: int = 8, out_dir: str | None = None, smooth_sigma: float | None = None) -> list:
     """Score arbitrary image files.  Returns ``[{"path", "score"}]``; with ``out_dir`` also
     writes ``<stem>.png`` overlays and ``<stem>.tiff`` raw maps there."""
     from .data import IMAGENET_MEAN, IMAGENET_STD

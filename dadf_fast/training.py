@@ -47,7 +47,9 @@ class FitConfig:
             raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
         base = {}
         if recipe == "lite":
-            base = dict(epochs_recon=60, epochs_flow=20, lr_flow=5e-4, grad_clip=1.0, hflip=True)
+            # few images, few CPU minutes: a short reconstruction stage, enough flow steps
+            # at the official flow learning rate, gradient clipping (docs/accuracy.md)
+            base = dict(epochs_recon=4, epochs_flow=12, grad_clip=1.0)
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(recipe=recipe, **base)
 

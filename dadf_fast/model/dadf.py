@@ -10,6 +10,7 @@ from .. import ops
 from .._io import atomic_torch_save
 from ..nn import FlowStage, Reconstructor, reconstruction_loss
 from .backbone import Backbone
+from .postprocess import gaussian_smooth
 from .presets import PATCH_SIZES, PRESETS
 
 CHECKPOINT_FORMAT = "dadf-fast"
@@ -35,12 +36,18 @@ class DADF(nn.Module):
     (``stage=1``: reconstruction, ``stage=2``: flows, ``None``: both, as ``loss_recon``,
     ``loss_flow`` and their sum ``loss``); in eval mode returns ``anomaly_map [B,1,S,S]``
     (in [0, 1], larger = more anomalous) and ``score [B]`` (max of the map).
+
+    Scoring uses the flows of ``score_scales`` (indices into strides 4/8/16; the paper uses
+    all three) and an optional Gaussian smoothing ``smooth_sigma`` of the map before the max
+    (see docs/accuracy.md for why the lite preset scores strides 8/16 with sigma 4).
+    Only the scored flows are trained in stage 2.
     """
 
     def __init__(self, preset: str = "lite", backbone: str | None = None, pretrained: bool = True,
                  input_size: int = 256, embed_dim: int | None = None, depth: int | None = None,
                  num_heads: int | None = None, flow_steps: int | None = None, clamp: float = 2.0,
-                 backend: str = "auto", backbone_weights: str | None = None):
+                 backend: str = "auto", backbone_weights: str | None = None, score_scales=None,
+                 smooth_sigma: float | None = None):
         super().__init__()
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
@@ -58,7 +65,15 @@ class DADF(nn.Module):
             raise ValueError(f"3*embed_dim ({3 * cfg['embed_dim']}) must be divisible by num_heads ({cfg['num_heads']})")
         if (3 * cfg["embed_dim"]) % 4:
             raise ValueError(f"3*embed_dim must be divisible by 4 for the 2-D position embedding, got {3 * cfg['embed_dim']}")
-        self.config = dict(preset=preset, input_size=input_size, clamp=float(clamp), **cfg)
+        preset_scales, preset_sigma = cfg.pop("score_scales"), cfg.pop("smooth_sigma")
+        score_scales = list(preset_scales if score_scales is None else score_scales)
+        if not score_scales or any(s not in (0, 1, 2) for s in score_scales) or len(set(score_scales)) != len(score_scales):
+            raise ValueError(f"score_scales must be distinct scale indices from (0, 1, 2), got {score_scales!r}")
+        smooth_sigma = float(preset_sigma if smooth_sigma is None else smooth_sigma)
+        if smooth_sigma < 0:
+            raise ValueError(f"smooth_sigma must be >= 0, got {smooth_sigma}")
+        self.config = dict(preset=preset, input_size=input_size, clamp=float(clamp), score_scales=sorted(score_scales),
+                           smooth_sigma=smooth_sigma, **cfg)
         self.backend = backend
         self.backbone = Backbone(cfg["backbone"], pretrained=pretrained, weights=backbone_weights)
         sizes = [(input_size // s, input_size // s) for s in (4, 8, 16)]
@@ -112,11 +127,11 @@ class DADF(nn.Module):
         return [torch.cat((f, rl, rg), dim=1) for f, rl, rg in zip(feats, local, glob)]
 
     # ------------------------------------------------------------------ forward
-    def forward(self, images, stage: int | None = None):
+    def forward(self, images, stage: int | None = None, smooth_sigma: float | None = None):
         self.check_images(images)
         feats = self.features(images)
         if not self.training:
-            return self._infer(feats)
+            return self._infer(feats, smooth_sigma)
         if stage not in (None, 1, 2):
             raise ValueError(f"stage must be 1, 2 or None, got {stage!r}")
         out = {}
@@ -131,22 +146,31 @@ class DADF(nn.Module):
         return out
 
     def flow_loss(self, inputs):
-        """Stage-2 loss: mean over the batch of the summed per-scale NLL."""
+        """Stage-2 loss: mean over the batch of the summed NLL of the scored scales.
+
+        ``inputs``: the flow inputs of every scale (unscored scales are ignored).
+        """
         total = 0.0
-        for flow, x in zip(self.flows, inputs):
-            z, logdet = flow(x)
+        for s in self.config["score_scales"]:
+            z, logdet = self.flows[s](inputs[s])
             total = total + ops.flow_nll(z, logdet, backend=self.backend)
         return total.mean()
 
-    def _infer(self, feats):
+    def _infer(self, feats, smooth_sigma=None):
         local, glob = self.reconstructor(feats)
-        zs = [flow(x)[0] for flow, x in zip(self.flows, self.flow_inputs(feats, local, glob))]
+        inputs = self.flow_inputs(feats, local, glob)
+        zs = [self.flows[s](inputs[s])[0] for s in self.config["score_scales"]]
         amap, score = ops.multiscale_score(zs, self.input_size, backend=self.backend)
+        sigma = self.config["smooth_sigma"] if smooth_sigma is None else smooth_sigma
+        if sigma:
+            amap = gaussian_smooth(amap, sigma)
+            score = amap.flatten(1).amax(1)
         return {"anomaly_map": amap, "score": score}
 
     @torch.no_grad()
-    def predict(self, images, batch_size: int | None = None):
-        """Anomaly maps and scores for ``images [B, 3, S, S]`` (eval mode, no grad).
+    def predict(self, images, batch_size: int | None = None, smooth_sigma: float | None = None):
+        """Anomaly maps and scores for ``images [B, 3, S, S]`` (eval mode, no grad);
+        ``smooth_sigma`` overrides the model's configured smoothing.
 
         Returns ``{"anomaly_map": [B, 1, S, S], "score": [B]}``.
         """
@@ -155,7 +179,7 @@ class DADF(nn.Module):
         try:
             self.check_images(images)
             chunks = [images] if batch_size is None else torch.split(images, batch_size)
-            outs = [self(c) for c in chunks]
+            outs = [self(c, smooth_sigma=smooth_sigma) for c in chunks]
         finally:
             self.train(was_training)
         return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
