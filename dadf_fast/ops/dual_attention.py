@@ -8,6 +8,8 @@ from ._dispatch import Op, check_float, check_same, lazy
 def _dtype_reasons(backend, device_type, dtype):
     import torch
 
+    if backend == "triton" and dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return f"the Triton dual-attention kernel supports float32, float16 and bfloat16, not {dtype}"
     if backend == "triton" and device_type == "cpu" and dtype == torch.bfloat16:
         return "the Triton interpreter has no bfloat16"
     return None
