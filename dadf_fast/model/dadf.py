@@ -153,14 +153,15 @@ class DADF(nn.Module):
         total = 0.0
         for s in self.config["score_scales"]:
             z, logdet = self.flows[s](inputs[s])
-            total = total + ops.flow_nll(z, logdet, backend=self.backend)
+            total = total + ops.flow_nll(z, logdet, backend=ops.module_backend("flow_nll", self.backend))
         return total.mean()
 
     def _infer(self, feats, smooth_sigma=None):
         local, glob = self.reconstructor(feats)
         inputs = self.flow_inputs(feats, local, glob)
         zs = [self.flows[s](inputs[s])[0] for s in self.config["score_scales"]]
-        amap, score = ops.multiscale_score(zs, self.input_size, backend=self.backend)
+        amap, score = ops.multiscale_score(zs, self.input_size,
+                                           backend=ops.module_backend("multiscale_score", self.backend))
         sigma = self.config["smooth_sigma"] if smooth_sigma is None else smooth_sigma
         if sigma:
             amap = gaussian_smooth(amap, sigma)

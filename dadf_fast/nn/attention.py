@@ -40,7 +40,8 @@ class DualAttention(nn.Module):
         qkv = qkv.view(bsz, 2, n, 3, self.num_heads, self.head_dim)
         qx, kx, vx = (qkv[:, 0, :, i].transpose(1, 2) for i in range(3))
         qm, vm = qkv[:, 1, :, 0].transpose(1, 2), qkv[:, 1, :, 2].transpose(1, 2)
-        ox, om = ops.dual_attention(qx, kx, vx, qm, vm, scale=self.scale, backend=self.backend)
+        ox, om = ops.dual_attention(qx, kx, vx, qm, vm, scale=self.scale,
+                                    backend=ops.module_backend("dual_attention", self.backend))
         out = torch.cat((ox, om), dim=2).transpose(1, 2).reshape(bsz, 2 * n, d)
         out = self.proj(out)
         return out[:, :n], out[:, n:]

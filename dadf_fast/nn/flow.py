@@ -114,7 +114,7 @@ class AllInOneCoupling(nn.Module):
             x1 = (x[:, self.perm_inv[:c1]] - b[:c1, None, None]) / g[:c1, None, None]
             a = self.subnet(x1)
         return ops.affine_coupling(x, a, g, b, self.perm, clamp=self.clamp, a_scale=0.1, reverse=rev,
-                                   backend=self.backend)
+                                   backend=ops.module_backend("affine_coupling", self.backend))
 
     def _dense_forward(self, x, g, b, rev):
         """FrEIA's computation with an arbitrary (soft) channel mixing matrix."""

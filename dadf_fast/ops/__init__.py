@@ -13,6 +13,7 @@ from .flow_nll import flow_nll
 from .multiscale_score import multiscale_score
 
 OPS = (_da.OP, _ac.OP, _fn.OP, _ms.OP)
+_BY_NAME = {op.name: op for op in OPS}
 
 
 def clear_backend_cache() -> None:
@@ -21,12 +22,23 @@ def clear_backend_cache() -> None:
         op._cache.clear()
 
 
+def module_backend(op_name: str, backend: str) -> str:
+    """The backend a *module* configured with ``backend`` asks op ``op_name`` for.
+
+    Modules take one backend for all their ops; an op that backend does not implement
+    (e.g. ``dual_attention`` under ``"cpp"``, ``flow_nll`` under ``"triton"``) runs on
+    ``"auto"`` instead, while an op it does implement must run on it (or raise).
+    """
+    op = _BY_NAME[op_name]
+    return backend if backend in ("auto", "torch") or backend in op.backends else "auto"
+
+
 def selected_backend(op_name: str, backend: str, device, dtype) -> str:
     """The backend name ``backend`` resolves to for op ``op_name`` on such tensors."""
     import torch
 
-    op = {o.name: o for o in OPS}[op_name]
+    op = _BY_NAME[op_name]
     return op.select(backend, torch.device(device), dtype)[0]
 
 
-__all__ = ["dual_attention", "affine_coupling", "flow_nll", "multiscale_score", "OPS", "selected_backend", "clear_backend_cache"]
+__all__ = ["dual_attention", "affine_coupling", "flow_nll", "multiscale_score", "OPS", "selected_backend", "module_backend", "clear_backend_cache"]
