@@ -38,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(p)
     p.add_argument("--out", required=True, help="output folder (checkpoints: stage1.pt, model.pt)")
     p.add_argument("--preset", default="lite", choices=["lite", "paper"])
-    p.add_argument("--method", default="dadf", choices=["dadf"], help="detector (default: dadf)")
+    p.add_argument("--method", default="dadf", choices=["dadf", "knn"],
+                   help="detector (default: dadf; knn: PatchCore-style nearest-neighbour baseline, "
+                        "ignores --recipe/--epochs-*)")
     p.add_argument("--recipe", default=None, choices=["paper", "lite"],
                    help="training recipe (default: lite for the lite preset, paper otherwise)")
     p.add_argument("--epochs-recon", type=int, default=None, help="stage-1 (reconstruction) epochs")
@@ -108,6 +110,18 @@ def cmd_train(args):
     torch.manual_seed(args.seed)
     recipe = args.recipe or ("lite" if args.preset == "lite" else "paper")
     train = _datasets(args, "train", args.input_size)
+    if args.method == "knn":
+        from .baselines import KNNDetector
+        from .model.presets import PRESETS
+
+        model = KNNDetector(PRESETS[args.preset]["backbone"], pretrained=not args.no_pretrained,
+                            input_size=args.input_size, seed=args.seed,
+                            backbone_weights=args.backbone_weights).to(args.device)
+        res = model.fit(train, out_dir=args.out, batch_size=args.batch_size, progress=not args.quiet)
+        print(f"kNN memory bank of {res['memory_size']} patches from {len(train)} images; "
+              f"checkpoint: {os.path.join(args.out, 'model.pt')}")
+        print(json.dumps(res["seconds"]))
+        return
     model = DADF(args.preset, pretrained=not args.no_pretrained, input_size=args.input_size, backend=args.backend,
                  backbone_weights=args.backbone_weights).to(args.device)
     res = model.fit(train, recipe=recipe, epochs_recon=args.epochs_recon, epochs_flow=args.epochs_flow,
@@ -118,9 +132,9 @@ def cmd_train(args):
 
 
 def _load(args):
-    from . import DADF
+    from .baselines import load_detector
 
-    return DADF.load(args.checkpoint, backend=args.backend, map_location=args.device)
+    return load_detector(args.checkpoint, backend=args.backend, map_location=args.device)
 
 
 def cmd_test(args):

