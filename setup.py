@@ -85,7 +85,7 @@ def _extensions():
     # installed torch's headers need).  No -ffast-math: the kernels rely on IEEE rounding (exp range reduction) and must
     # match the reference to float rounding.  -fopenmp: at::parallel_for is OpenMP-backed
     # in headers, and the inner loops use `omp simd`.
-    cxx = ["-O3", "-fopenmp", "-fno-math-errno"]
+    cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
     link = ["-fopenmp"]
     cuda = _sources("csrc/cuda/*.cu")
     if cuda and _want_cuda():

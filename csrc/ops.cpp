@@ -1,0 +1,73 @@
+// The one schema file of dadf_fast's C++/CUDA ops, and the Python module dadf_fast._C.
+//
+// Importing dadf_fast._C loads this library, which registers the schemas below in the
+// `dadf_fast` namespace (torch.ops.dadf_fast.*); the CPU kernels (csrc/cpu/) and the CUDA
+// kernels (csrc/cuda/, when built) register their implementations for the same names.
+// Fake (meta) kernels and autograd formulas are registered from Python (dadf_fast/cpp.py).
+#include <Python.h>
+#include <torch/library.h>
+
+// The source hash of csrc/ at build time, written by setup.py into a generated header in
+// the build directory (outside csrc/, so that it does not change the hash it records).
+#if defined(__has_include)
+#if __has_include("dadf_fast_source_hash.h")
+#include "dadf_fast_source_hash.h"
+#endif
+#endif
+
+TORCH_LIBRARY(dadf_fast, m) {
+  // One affine coupling step, FrEIA AllInOneBlock semantics (see dadf_fast.reference).
+  // reverse=false: x is the step input, returns (y, logdet [B]);
+  // reverse=true: x is the step output, returns (input, -logdet).
+  // compute_logdet=false returns an empty [0] logdet (inference fast path).
+  m.def(
+      "affine_coupling_fwd(Tensor x, Tensor a, Tensor g, Tensor b, Tensor perm, float clamp, float a_scale, "
+      "bool reverse, bool compute_logdet) -> (Tensor, Tensor)");
+  // Gradients of affine_coupling_fwd (either direction) w.r.t. x, a, g, b given the gradient
+  // of its first output and (optionally) of the log-det.
+  m.def(
+      "affine_coupling_bwd(Tensor grad_out, Tensor? grad_logdet, Tensor x, Tensor a, Tensor g, Tensor b, "
+      "Tensor perm, float clamp, float a_scale, bool reverse) -> (Tensor, Tensor, Tensor, Tensor)");
+  // Per-sample 0.5*sum(z^2) - logdet, and its gradients (grad_z, grad_logdet).
+  m.def("flow_nll_fwd(Tensor z, Tensor logdet) -> Tensor");
+  m.def("flow_nll_bwd(Tensor grad, Tensor z) -> (Tensor, Tensor)");
+  // Anomaly map [B,1,H,W] = 1 - mean_s upsample(exp(-0.5 mean_c z_s^2)) and per-image score.
+  m.def("multiscale_score(Tensor[] zs, int H, int W, str reduce) -> (Tensor, Tensor)");
+}
+
+// multiscale_score is an inference op (no gradient): its outputs do not require grad, and
+// tracing a graph that also differentiates other ops does not warn about it.
+TORCH_LIBRARY_IMPL(dadf_fast, Autograd, m) {
+  m.impl("multiscale_score", torch::CppFunction::makeFallthrough());
+}
+
+namespace {
+
+PyModuleDef dadf_module = {
+    PyModuleDef_HEAD_INIT,
+    "_C",
+    "dadf_fast C++/CUDA kernels (registered as torch.ops.dadf_fast.*).",
+    -1,
+    nullptr,
+};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__C(void) {
+  PyObject* mod = PyModule_Create(&dadf_module);
+  if (mod == nullptr) return nullptr;
+#ifdef DADF_FAST_SOURCE_HASH
+  if (PyModule_AddStringConstant(mod, "SOURCE_HASH", DADF_FAST_SOURCE_HASH) < 0) goto fail;
+#endif
+#ifdef DADF_FAST_WITH_CUDA
+  Py_INCREF(Py_True);
+  if (PyModule_AddObject(mod, "WITH_CUDA", Py_True) < 0) goto fail;
+#else
+  Py_INCREF(Py_False);
+  if (PyModule_AddObject(mod, "WITH_CUDA", Py_False) < 0) goto fail;
+#endif
+  return mod;
+fail:
+  Py_DECREF(mod);
+  return nullptr;
+}

@@ -1,0 +1,138 @@
+"""Python side of the compiled extension ``dadf_fast._C`` (the ``cpp`` backend).
+
+Importing this module loads ``dadf_fast._C`` (which registers the ``torch.ops.dadf_fast.*``
+schemas and their CPU/CUDA kernels), then registers from Python:
+
+* fake (meta) kernels for every op, so ``torch.compile`` / FakeTensor tracing works;
+* autograd formulas for ``affine_coupling_fwd`` and ``flow_nll_fwd`` (backward through the
+  C++ ``*_bwd`` kernels).
+
+It raises ImportError (with :func:`dadf_fast.backends`'s reason) when the extension is missing
+or stale; :mod:`dadf_fast.ops` turns that into ``BackendUnavailable``.
+
+The functions below have the signatures the public ops hand to a backend implementation
+(arguments already validated); the C++ kernels check them again with ``TORCH_CHECK``.
+"""
+from __future__ import annotations
+
+import torch
+
+from ._backends import _cpp_module
+
+_C, _reason = _cpp_module()
+if _C is None:
+    raise ImportError(_reason)
+
+_ops = torch.ops.dadf_fast
+
+# ---------------------------------------------------------------------------------------
+# Fake kernels: output metadata only (all real kernels return contiguous tensors).
+# ---------------------------------------------------------------------------------------
+
+
+@torch.library.register_fake("dadf_fast::affine_coupling_fwd")
+def _affine_coupling_fwd_fake(x, a, g, b, perm, clamp, a_scale, reverse, compute_logdet):
+    torch._check(x.dim() == 4, lambda: f"affine_coupling_fwd: x must be 4-D, got {x.dim()}-D")
+    y = x.new_empty(x.shape)
+    logdet = x.new_empty((x.shape[0],) if compute_logdet else (0,))
+    return y, logdet
+
+
+@torch.library.register_fake("dadf_fast::affine_coupling_bwd")
+def _affine_coupling_bwd_fake(grad_out, grad_logdet, x, a, g, b, perm, clamp, a_scale, reverse):
+    return x.new_empty(x.shape), a.new_empty(a.shape), g.new_empty(g.shape), b.new_empty(b.shape)
+
+
+@torch.library.register_fake("dadf_fast::flow_nll_fwd")
+def _flow_nll_fwd_fake(z, logdet):
+    torch._check(z.dim() >= 1, lambda: "flow_nll_fwd: z must have a batch dimension")
+    return z.new_empty((z.shape[0],))
+
+
+@torch.library.register_fake("dadf_fast::flow_nll_bwd")
+def _flow_nll_bwd_fake(grad, z):
+    return z.new_empty(z.shape), z.new_empty((z.shape[0],))
+
+
+@torch.library.register_fake("dadf_fast::multiscale_score")
+def _multiscale_score_fake(zs, H, W, reduce):
+    torch._check(len(zs) > 0, lambda: "multiscale_score: zs is empty")
+    z0 = zs[0]
+    return z0.new_empty((z0.shape[0], 1, H, W)), z0.new_empty((z0.shape[0],))
+
+
+# ---------------------------------------------------------------------------------------
+# Autograd
+# ---------------------------------------------------------------------------------------
+
+
+def _affine_coupling_setup(ctx, inputs, output):
+    x, a, g, b, perm, clamp, a_scale, reverse, compute_logdet = inputs
+    ctx.save_for_backward(x, a, g, b, perm)
+    ctx.clamp = clamp
+    ctx.a_scale = a_scale
+    ctx.reverse = reverse
+    ctx.compute_logdet = compute_logdet
+
+
+def _affine_coupling_backward(ctx, grad_y, grad_logdet):
+    x, a, g, b, perm = ctx.saved_tensors
+    if grad_y is None:
+        grad_y = torch.zeros_like(x)
+    if not ctx.compute_logdet:
+        grad_logdet = None
+    gx, ga, gg, gb = _ops.affine_coupling_bwd(grad_y, grad_logdet, x, a, g, b, perm, ctx.clamp, ctx.a_scale, ctx.reverse)
+    return gx, ga, gg, gb, None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "dadf_fast::affine_coupling_fwd", _affine_coupling_backward, setup_context=_affine_coupling_setup
+)
+
+
+def _flow_nll_setup(ctx, inputs, output):
+    z, logdet = inputs
+    ctx.save_for_backward(z)
+
+
+def _flow_nll_backward(ctx, grad):
+    (z,) = ctx.saved_tensors
+    gz, gl = _ops.flow_nll_bwd(grad, z)
+    return gz, gl
+
+
+torch.library.register_autograd("dadf_fast::flow_nll_fwd", _flow_nll_backward, setup_context=_flow_nll_setup)
+
+
+# ---------------------------------------------------------------------------------------
+# Backend implementations (the signatures dadf_fast.ops hands over)
+# ---------------------------------------------------------------------------------------
+
+
+def affine_coupling(x, a, g, b, perm, clamp=2.0, a_scale=0.1, reverse=False, compute_logdet=True):
+    """One coupling step through ``torch.ops.dadf_fast.affine_coupling_fwd``.
+
+    Returns ``(y, logdet)``; with ``compute_logdet=False`` (inference: scoring needs only z)
+    the log-det reduction is skipped and ``logdet`` is None.
+    """
+    y, logdet = _ops.affine_coupling_fwd(x, a, g, b, perm, float(clamp), float(a_scale), bool(reverse), bool(compute_logdet))
+    return y, (logdet if compute_logdet else None)
+
+
+def flow_nll(z, logdet):
+    """Per-sample ``0.5 * sum(z^2) - logdet`` through ``torch.ops.dadf_fast.flow_nll_fwd``."""
+    return _ops.flow_nll_fwd(z, logdet)
+
+
+def multiscale_score(zs, size, reduce="max"):
+    """``(anomaly_map [B,1,H,W], score [B])`` through ``torch.ops.dadf_fast.multiscale_score``."""
+    if isinstance(size, int):
+        size = (size, size)
+    h, w = (int(v) for v in size)
+    return _ops.multiscale_score(list(zs), h, w, str(reduce))
+
+
+WITH_CUDA = bool(getattr(_C, "WITH_CUDA", False))
+SOURCE_HASH = getattr(_C, "SOURCE_HASH", None)
+
+__all__ = ["affine_coupling", "flow_nll", "multiscale_score", "WITH_CUDA", "SOURCE_HASH"]
