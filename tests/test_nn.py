@@ -142,3 +142,22 @@ def test_reconstructor_shapes_and_memory_path():
 def test_reconstructor_rejects_mismatched_grids():
     with pytest.raises(ValueError, match="same token grid"):
         Reconstructor((3, 5), ((16, 16), (16, 16)), (4, 2))
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_depthwise_conv_matches_grouped_conv(k):
+    import torch.nn.functional as F
+
+    from dadf_fast.nn.flow import DepthwiseConv2d
+
+    torch.manual_seed(0)
+    conv = DepthwiseConv2d(5, k)
+    x = torch.randn(2, 5, 6, 4, requires_grad=True)
+    y = conv(x)
+    y_ref = F.conv2d(x, conv.weight, conv.bias, padding=k // 2, groups=5)
+    torch.testing.assert_close(y, y_ref)
+    g = torch.autograd.grad(y.square().sum(), [x, conv.weight, conv.bias])
+    g_ref = torch.autograd.grad(y_ref.square().sum(), [x, conv.weight, conv.bias])
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b)
+    assert set(conv.state_dict()) == {"weight", "bias"}

@@ -20,10 +20,27 @@ SOFT_PERMUTATION_REASON = (
 )
 
 
+class DepthwiseConv2d(nn.Conv2d):
+    """Depthwise ``nn.Conv2d`` (same parameters and state dict).  A 1x1 depthwise conv is a
+    per-channel scale and shift; torch runs it as one tiny conv per group plus a concat,
+    so it is evaluated as a single ``addcmul`` instead (the same function)."""
+
+    def __init__(self, channels: int, kernel_size: int):
+        super().__init__(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)
+
+    def forward(self, x):
+        if self.kernel_size == (1, 1):
+            w = self.weight.view(1, -1, 1, 1)
+            if self.bias is None:
+                return x * w
+            return torch.addcmul(self.bias.view(1, -1, 1, 1), x, w)
+        return super().forward(x)
+
+
 def coupling_subnet(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
     """DADF's coupling subnet: depthwise kxk conv -> LeakyReLU(0.1) -> 1x1 conv."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, in_channels, kernel_size, padding=kernel_size // 2, groups=in_channels),
+        DepthwiseConv2d(in_channels, kernel_size),
         nn.LeakyReLU(0.1),
         nn.Conv2d(in_channels, out_channels, 1),
     )
