@@ -37,6 +37,7 @@ class FitConfig:
     lr_flow: float = 1e-3
     weight_decay_flow: float = 1e-5
     grad_clip: float | None = None
+    train_flow_norm: bool = True  # False freezes the flows' [C,H,W] LayerNorm affine (docs/accuracy.md)
     hflip: bool = False
     vflip: bool = False
     seed: int = 0
@@ -200,7 +201,8 @@ def fit(model, train_data, config: FitConfig | None = None, out_dir: str | None 
             local, glob = model.reconstructor(f)
             inputs.append(model.flow_inputs(f, local, glob))
         inputs = [torch.cat([b[s] for b in inputs]) for s in range(len(feats))]
-    params = [p for p in model.flows.parameters() if p.requires_grad]
+    params = [p for name, p in model.flows.named_parameters() if p.requires_grad
+              and (cfg.train_flow_norm or ".norm." not in f".{name}")]
     opt = torch.optim.Adam(params, lr=cfg.lr_flow, weight_decay=cfg.weight_decay_flow)
     model.flows.train()
     result["loss_flow"] = _train_epochs(params, lambda idx: model.flow_loss([t[idx] for t in inputs]), n,
