@@ -8,6 +8,7 @@ deterministic in eval mode.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import time
@@ -38,6 +39,9 @@ class FitConfig:
     weight_decay_flow: float = 1e-5
     grad_clip: float | None = None
     train_flow_norm: bool = True  # False freezes the flows' [C,H,W] LayerNorm affine (docs/accuracy.md)
+    # fraction of the normal images held out in stage 2; the flow weights of the epoch with
+    # the lowest held-out NLL are kept (0 disables early stopping)
+    val_fraction: float = 0.0
     hflip: bool = False
     vflip: bool = False
     seed: int = 0
@@ -102,8 +106,10 @@ def _check_finite(loss: torch.Tensor, stage: int, epoch: int, checkpoint: str | 
 
 
 def _train_epochs(params, loss_fn, n: int, batch: int, epochs: int, opt, cfg: FitConfig, stage: int,
-                  progress: bool, gen: torch.Generator, log, checkpoint):
-    history = []
+                  progress: bool, gen: torch.Generator, log, checkpoint, val_fn=None, module=None):
+    """Run ``epochs`` epochs of ``loss_fn(batch indices)``; with ``val_fn``, keep the state of
+    ``module`` at the epoch with the lowest validation loss."""
+    history, best = [], (float("inf"), None, -1)
     bar = _progress(range(epochs), f"stage {stage}", progress)
     for epoch in bar:
         order = torch.randperm(n, generator=gen)
@@ -119,9 +125,17 @@ def _train_epochs(params, loss_fn, n: int, batch: int, epochs: int, opt, cfg: Fi
             total += loss.item() * len(idx)
             count += len(idx)
         history.append(total / count)
+        if val_fn is not None:
+            with torch.no_grad():
+                val = float(val_fn())
+            if val < best[0]:
+                best = (val, copy.deepcopy(module.state_dict()), epoch)
         if progress and hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{history[-1]:.4g}")
     log(f"stage {stage}: {epochs} epochs, final loss {history[-1] if history else float('nan'):.5g}")
+    if best[1] is not None:
+        module.load_state_dict(best[1])
+        log(f"stage {stage}: kept epoch {best[2] + 1} (lowest held-out loss {best[0]:.5g})")
     return history
 
 
@@ -205,9 +219,19 @@ def fit(model, train_data, config: FitConfig | None = None, out_dir: str | None 
               and (cfg.train_flow_norm or ".norm." not in f".{name}")]
     opt = torch.optim.Adam(params, lr=cfg.lr_flow, weight_decay=cfg.weight_decay_flow)
     model.flows.train()
-    result["loss_flow"] = _train_epochs(params, lambda idx: model.flow_loss([t[idx] for t in inputs]), n,
-                                        cfg.batch_size_flow, cfg.epochs_flow, opt, cfg, 2, progress, gen, log,
-                                        stage1_path)
+    train_idx, val_fn = torch.arange(n), None
+    if cfg.val_fraction > 0 and n >= 5:
+        order = torch.randperm(n, generator=gen)
+        n_val = max(1, round(cfg.val_fraction * n))
+        val_idx, train_idx = order[:n_val], order[n_val:]
+
+        def val_fn():
+            parts = [model.flow_loss([t[i] for t in inputs]) * len(i) for i in torch.split(val_idx, 16)]
+            return sum(parts) / len(val_idx)
+
+    result["loss_flow"] = _train_epochs(params, lambda idx: model.flow_loss([t[train_idx[idx]] for t in inputs]),
+                                        len(train_idx), cfg.batch_size_flow, cfg.epochs_flow, opt, cfg, 2, progress,
+                                        gen, log, stage1_path, val_fn=val_fn, module=model.flows)
     model.eval()
     result["seconds"]["stage2"] = time.perf_counter() - t0
     if final_path:
