@@ -121,3 +121,14 @@ def test_cli_unknown_category_lists_available(tiny_root, capsys):
     rc = main(["train", "--data", tiny_root, "--category", "bottle", "--out", "/tmp/never"])
     err = capsys.readouterr().err
     assert rc == 2 and "brick" in err
+
+
+def test_held_out_early_stopping_keeps_the_best_epoch(tiny_root):
+    train = MVTecAD(tiny_root, "brick", "train", image_size=64)
+    model = _model()
+    logs = []
+    model.fit(train, epochs_recon=1, epochs_flow=3, val_fraction=0.34, progress=False, log=logs.append)
+    kept = [m for m in logs if "kept epoch" in m]
+    assert len(kept) == 1
+    epoch, best = kept[0].split("kept epoch ")[1].split(" (lowest held-out loss ")
+    assert 1 <= int(epoch) <= 3 and np.isfinite(float(best.rstrip(")")))
