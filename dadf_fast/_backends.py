@@ -19,6 +19,18 @@ import os
 
 BACKEND_NAMES = ("torch", "triton", "cpp")
 
+SOFT_PERMUTATION_REASON = (
+    "soft permutations (AllInOneCoupling with permute_soft=True) are dense rotations: they run the dense torch "
+    "path, never the gather kernels of the triton/cpp backends"
+)
+# what a backend never does, whatever the machine
+LIMITATIONS = {
+    "torch": [],
+    "triton": [SOFT_PERMUTATION_REASON, "dual_attention: head dim at most 256",
+               "on CPU tensors only under TRITON_INTERPRET=1, without bfloat16"],
+    "cpp": [SOFT_PERMUTATION_REASON, "CPU kernels: float32 and float64 only"],
+}
+
 
 class BackendUnavailable(RuntimeError):
     """An explicitly requested backend cannot run the op for these inputs."""
@@ -127,7 +139,7 @@ def backends() -> dict:
     """Availability of every backend on every device type, with the reason when not.
 
     Returns ``{backend: {"cpu": {"available": bool, "reason": str}, "cuda": {...},
-    "ops": [op names it implements]}}``.
+    "ops": [op names it implements], "limitations": [what it never runs]}}``.
     """
     from .ops import OPS
 
@@ -138,5 +150,6 @@ def backends() -> dict:
             reason = backend_reason(name, dev)
             entry[dev] = {"available": reason is None, "reason": reason or "available"}
         entry["ops"] = [op.name for op in OPS if name in op.backends]
+        entry["limitations"] = list(LIMITATIONS[name])
         report[name] = entry
     return report

@@ -20,6 +20,8 @@ def test_backends_report_shape():
             assert isinstance(entry[dev]["available"], bool)
             assert entry[dev]["reason"]
     assert rep["torch"]["cpu"]["available"]
+    assert any("soft permutation" in note for note in rep["cpp"]["limitations"])
+    assert any("soft permutation" in note for note in rep["triton"]["limitations"])
     assert set(rep["torch"]["ops"]) == {"dual_attention", "affine_coupling", "flow_nll", "multiscale_score"}
     if not torch.cuda.is_available():
         assert not rep["triton"]["cuda"]["available"]

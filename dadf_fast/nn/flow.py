@@ -9,15 +9,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ops
-from .._backends import BackendUnavailable
+from .._backends import SOFT_PERMUTATION_REASON, BackendUnavailable
 
 # FrEIA's SOFTPLUS global affine: g = 0.1 * softplus_{beta=0.5}(raw), raw initialised so g = 1.
 _GLOBAL_SCALE_INIT = 2.0 * math.log(math.exp(0.5 * 10.0 * 1.0) - 1.0)
 
-SOFT_PERMUTATION_REASON = (
-    "soft permutations (permute_soft=True) are dense rotations: they run the dense torch path, "
-    "never the gather kernels of the triton/cpp backends"
-)
 
 
 class DepthwiseConv2d(nn.Conv2d):
@@ -61,7 +57,8 @@ class AllInOneCoupling(nn.Module):
             ``kernel_size``.
         affine_clamping: the tanh clamp.  permute_soft: dense random rotation instead of a
             hard permutation (always runs the dense torch path).
-    Forward: ``(x [B,C,H,W], rev=False) -> (y [B,C,H,W], logdet [B])``.
+    Forward: ``(x [B,C,H,W], rev=False, compute_logdet=True) -> (y [B,C,H,W], logdet [B])``;
+    with ``compute_logdet=False`` logdet is None (and the fast backends skip computing it).
     """
 
     def __init__(self, channels: int, subnet_constructor=None, kernel_size: int = 3, affine_clamping: float = 2.0,
@@ -116,14 +113,15 @@ class AllInOneCoupling(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(f"AllInOneCoupling expects [B, {self.channels}, H, W], got {tuple(x.shape)}")
 
-    def forward(self, x, rev: bool = False):
+    def forward(self, x, rev: bool = False, compute_logdet: bool = True):
         self._check_input(x)
         g, b = self.scale_and_offset()
         c1 = self.splits[0]
         if self.permute_soft:
             if self.backend not in ("auto", "torch"):
                 raise BackendUnavailable(f"AllInOneCoupling: backend {self.backend!r}: {SOFT_PERMUTATION_REASON}")
-            return self._dense_forward(x, g, b, rev)
+            y, logdet = self._dense_forward(x, g, b, rev)
+            return y, (logdet if compute_logdet else None)
         if not rev:
             a = self.subnet(x[:, :c1])
         else:
@@ -131,7 +129,8 @@ class AllInOneCoupling(nn.Module):
             x1 = (x[:, self.perm_inv[:c1]] - b[:c1, None, None]) / g[:c1, None, None]
             a = self.subnet(x1)
         return ops.affine_coupling(x, a, g, b, self.perm, clamp=self.clamp, a_scale=0.1, reverse=rev,
-                                   backend=ops.module_backend("affine_coupling", self.backend))
+                                   backend=ops.module_backend("affine_coupling", self.backend),
+                                   compute_logdet=compute_logdet)
 
     def _dense_forward(self, x, g, b, rev):
         """FrEIA's computation with an arbitrary (soft) channel mixing matrix."""
@@ -156,7 +155,8 @@ class FlowStage(nn.Module):
     """One scale's discriminative flow: LayerNorm over ``[C, H, W]`` then ``steps`` coupling
     steps (depthwise kernel 3 on even steps, 1 on odd steps).
 
-    Forward: ``x [B, C, H, W] -> (z [B, C, H, W], logdet [B])``.
+    Forward: ``(x [B, C, H, W], compute_logdet=True) -> (z [B, C, H, W], logdet [B])``;
+    with ``compute_logdet=False`` (inference) logdet is None.
     """
 
     def __init__(self, channels: int, size, steps: int = 8, clamp: float = 2.0, backend: str = "auto"):
@@ -173,10 +173,14 @@ class FlowStage(nn.Module):
         for s in self.steps:
             s.backend = backend
 
-    def forward(self, x):
+    def forward(self, x, compute_logdet: bool = True):
         if x.dim() != 4 or tuple(x.shape[1:]) != (self.channels, *self.size):
             raise ValueError(f"FlowStage expects [B, {self.channels}, {self.size[0]}, {self.size[1]}], got {tuple(x.shape)}")
         z = self.norm(x)
+        if not compute_logdet:
+            for step in self.steps:
+                z, _ = step(z, compute_logdet=False)
+            return z, None
         logdet = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         for step in self.steps:
             z, ld = step(z)
