@@ -132,3 +132,48 @@ def test_held_out_early_stopping_keeps_the_best_epoch(tiny_root):
     assert len(kept) == 1
     epoch, best = kept[0].split("kept epoch ")[1].split(" (lowest held-out loss ")
     assert 1 <= int(epoch) <= 3 and np.isfinite(float(best.rstrip(")")))
+
+
+def _loco_from_mvtec(mvtec_root, dst):
+    """An MVTec LOCO AD layout built from the tiny MVTec data: every defect becomes the
+    defect type 'logical', its mask file ground_truth/logical/<id>/000.png (pixel value 255)."""
+    import shutil
+
+    from PIL import Image
+
+    src = Path(mvtec_root) / "brick"
+    cat = Path(dst) / "brick"
+    shutil.copytree(src / "train" / "good", cat / "train" / "good")
+    shutil.copytree(src / "train" / "good", cat / "validation" / "good")
+    shutil.copytree(src / "test" / "good", cat / "test" / "good")
+    (cat / "test" / "logical").mkdir(parents=True)
+    n = 0
+    for defect_dir in sorted((src / "test").iterdir()):
+        if defect_dir.name == "good":
+            continue
+        for img in sorted(defect_dir.glob("*.png")):
+            stem = f"{n:03d}"
+            shutil.copy(img, cat / "test" / "logical" / f"{stem}.png")
+            mask = np.asarray(Image.open(src / "ground_truth" / defect_dir.name / f"{img.stem}_mask.png")) > 0
+            (cat / "ground_truth" / "logical" / stem).mkdir(parents=True)
+            Image.fromarray((mask * 255).astype(np.uint8)).save(cat / "ground_truth" / "logical" / stem / "000.png")
+            n += 1
+    (cat / "defects_config.json").write_text(json.dumps([
+        {"defect_name": "logical", "pixel_value": 255, "saturation_threshold": 1.0, "relative_saturation": True}]))
+    return str(dst)
+
+
+def test_evaluate_mvtec_loco_reports_spro(tiny_root, tmp_path):
+    from dadf_fast import metrics
+    from dadf_fast.data import MVTecLOCO
+
+    root = _loco_from_mvtec(tiny_root, tmp_path / "loco")
+    test = MVTecLOCO(root, "brick", "test", image_size=64)
+    model = _model()
+    model.fit(MVTecLOCO(root, "brick", "train", image_size=64), **FAST)
+    res = evaluate(model, test)
+    assert 0.0 <= res["spro"] <= 1.0
+    # relative saturation 1.0 = the whole region: sPRO equals AUPRO at the same FPR limit
+    maps = model.predict(torch.stack([test[i]["image"] for i in range(len(test))]))["anomaly_map"][:, 0]
+    masks = torch.stack([test[i]["mask"][0] for i in range(len(test))]) > 0.5
+    assert res["spro"] == pytest.approx(metrics.aupro(maps, masks, fpr_limit=0.05), abs=1e-6)
