@@ -16,7 +16,8 @@ class UserError(Exception):
 def _add_common(p, checkpoint=False):
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--batch-size", type=int, default=8, help="batch size (default: 8)")
-    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default: 0)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="data-loading worker processes for test (default: 0; training caches features once)")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton", "cpp"],
                    help="kernel backend (default: auto)")
 
@@ -74,12 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     _add_common(p)
 
-    p = sub.add_parser("bench", help="throughput of the backends (images/s)")
-    p.add_argument("--preset", default="lite", choices=["lite", "paper"])
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=None)
-    p.add_argument("--quick", action="store_true", help="small run (about a minute on a 2-core CPU)")
-    p.add_argument("--csv", help="write the results as CSV here")
-    p.add_argument("--device", default="cpu")
+    p = sub.add_parser("bench", help="benchmark suite: inference and training-step throughput of the backends")
+    from .bench import add_arguments as _bench_arguments
+
+    _bench_arguments(p)
     return parser
 
 
@@ -143,6 +142,7 @@ def cmd_test(args):
     model = _load(args)
     test = _datasets(args, "test", model.input_size)
     res = evaluate(model, test, batch_size=args.batch_size, out_dir=args.out, category=args.category or "folder",
+                   num_workers=args.workers,
                    smooth_sigma=args.smooth)
     print(format_table(res, f"{args.category or args.test_dir}: {res['n_images']} test images"))
     if args.out:
@@ -179,9 +179,9 @@ def cmd_demo(args):
 
 
 def cmd_bench(args):
-    from .bench import run_bench
+    from .bench import main
 
-    run_bench(preset=args.preset, batch_sizes=args.batch_sizes, quick=args.quick, csv=args.csv, device=args.device)
+    main(args)
 
 
 COMMANDS = {"train": cmd_train, "test": cmd_test, "predict": cmd_predict, "demo": cmd_demo, "bench": cmd_bench}

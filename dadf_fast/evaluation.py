@@ -30,7 +30,7 @@ def score_images(model, images: torch.Tensor, batch_size: int = 8, smooth_sigma:
 
 def evaluate(model, test_data, batch_size: int = 8, out_dir: str | None = None, category: str = "category",
              heatmaps: bool = True, tiff: bool = True, smooth_sigma: float | None = None, device=None,
-             log=None) -> dict:
+             log=None, num_workers: int = 0) -> dict:
     """Metrics of ``model`` on a labelled test dataset (items with image, mask, label, defect, path).
 
     Returns a dict with ``image_auroc``, ``pixel_auroc``, ``aupro`` (when masks exist),
@@ -41,7 +41,7 @@ def evaluate(model, test_data, batch_size: int = 8, out_dir: str | None = None, 
     """
     from torch.utils.data import DataLoader
 
-    loader = DataLoader(test_data, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    loader = DataLoader(test_data, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers)
     maps, scores, masks, labels, defects, paths, images, loco_masks, loco_sat = [], [], [], [], [], [], [], [], []
     for batch in loader:
         amap, score = score_images(model, batch["image"], batch_size, smooth_sigma, device)

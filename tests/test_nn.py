@@ -48,7 +48,10 @@ def test_allinone_coupling_is_a_freia_drop_in(c, kernel, dtype, tol):
 
 
 def test_allinone_coupling_soft_permutation_uses_dense_path():
+    import numpy as np
+
     torch.manual_seed(0)
+    np.random.seed(0)  # FrEIA draws the rotation with scipy (numpy's global RNG)
     blk = FrEIA_modules.AllInOneBlock([(6, 4, 4)], subnet_constructor=lambda ci, co: coupling_subnet(ci, co, 3),
                                       permute_soft=True).double()
     mod = AllInOneCoupling(6, kernel_size=3).double()
@@ -60,7 +63,9 @@ def test_allinone_coupling_soft_permutation_uses_dense_path():
     torch.testing.assert_close(y, y_ref)
     torch.testing.assert_close(ld, ld_ref)
     xr, _ = mod(y, rev=True)
-    torch.testing.assert_close(xr, x)
+    # FrEIA stores the rotation and its transpose in float32, so the inverse is exact only
+    # to float32 rounding even in a float64 block
+    torch.testing.assert_close(xr, x, atol=1e-6, rtol=1e-6)
     mod.backend = "cpp"
     with pytest.raises(RuntimeError, match="soft permutation"):
         mod(x)

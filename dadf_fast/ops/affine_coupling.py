@@ -40,7 +40,8 @@ def check_permutation(perm: torch.Tensor, channels: int) -> None:
             raise ValueError("perm must be a permutation of 0..C-1 (each channel exactly once)")
 
 
-def affine_coupling(x, a, g, b, perm, clamp=2.0, a_scale=0.1, reverse=False, backend="auto"):
+def affine_coupling(x, a, g, b, perm, clamp=2.0, a_scale=0.1, reverse=False, backend="auto",
+                    compute_logdet: bool = True):
     """Affine coupling step with FrEIA ``AllInOneBlock`` semantics
     (see :func:`dadf_fast.reference.affine_coupling`).
 
@@ -48,8 +49,11 @@ def affine_coupling(x, a, g, b, perm, clamp=2.0, a_scale=0.1, reverse=False, bac
         x: ``[B, C, H, W]`` (C >= 2).  a: ``[B, 2*(C//2), H, W]`` raw subnet output.
         g, b: ``[C]`` activated global scale and offset.  perm: ``[C]`` int64.
         backend: ``"auto"``, ``"torch"``, ``"triton"`` or ``"cpp"``.
+        compute_logdet: when False (inference: scoring needs only ``y``) the log-det is not
+            returned (``None``); the cpp backend then skips its reduction, the torch and
+            triton backends compute it and drop it.
     Returns:
-        ``(y [B, C, H, W], logdet [B])``.
+        ``(y [B, C, H, W], logdet [B])``, or ``(y, None)`` with ``compute_logdet=False``.
     """
     check_float("x", x)
     if x.dim() != 4:
@@ -71,5 +75,10 @@ def affine_coupling(x, a, g, b, perm, clamp=2.0, a_scale=0.1, reverse=False, bac
     check_permutation(perm, c)
     if not clamp > 0:
         raise ValueError(f"affine_coupling: clamp must be > 0, got {clamp}")
-    _, impl = OP.select(backend, x.device, x.dtype)
-    return impl(x, a, g, b, perm, float(clamp), float(a_scale), bool(reverse))
+    name, impl = OP.select(backend, x.device, x.dtype)
+    if compute_logdet:
+        return impl(x, a, g, b, perm, float(clamp), float(a_scale), bool(reverse))
+    if name == "cpp":
+        return impl(x, a, g, b, perm, float(clamp), float(a_scale), bool(reverse), False)
+    y, _ = impl(x, a, g, b, perm, float(clamp), float(a_scale), bool(reverse))
+    return y, None

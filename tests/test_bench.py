@@ -1,0 +1,75 @@
+"""The benchmark suite runs end to end on a tiny configuration (no timing assertions)."""
+import csv
+import math
+
+import pytest
+
+from dadf_fast.bench import COLUMNS, SPLIT, TASKS, run_bench
+
+
+def test_quick_bench_rows_csv_and_plot(tmp_path):
+    lines = []
+    out_csv, out_png, out_json = tmp_path / "b.csv", tmp_path / "b.png", tmp_path / "b.json"
+    rows = run_bench("lite", batch_sizes=[1, 2], quick=True, reps=1, warmup=0, input_size=64,
+                     model_kwargs=dict(depth=1, flow_steps=2), csv=str(out_csv), plot=str(out_png),
+                     json_path=str(out_json), print_fn=lines.append)
+    # 2 batch sizes x 3 tasks x (torch, auto)
+    assert len(rows) == 2 * len(TASKS) * 2
+    assert {r["variant"] for r in rows} == {"torch", "auto"}
+    for r in rows:
+        assert set(r) == set(COLUMNS)
+        assert r["note"] == "", r["note"]
+        assert r["images_per_s"] > 0 and r["seconds"] > 0
+        assert r["ratio"] > 0 and math.isfinite(r["ratio"])
+        if r["variant"] == "torch":
+            assert r["ratio"] == 1.0
+        if r["task"] == "infer":
+            assert all(r[k] >= 0 for k in SPLIT)
+        assert "affine_coupling=" in r["ops"]
+    assert any("vs torch" in line for line in lines)
+    with open(out_csv, newline="") as f:
+        read = list(csv.DictReader(f))
+    assert tuple(read[0]) == COLUMNS and len(read) == len(rows)
+    assert all(float(r["ratio"]) > 0 for r in read)
+    assert out_png.stat().st_size > 0 and out_json.stat().st_size > 0
+
+
+def test_failing_variant_is_a_row_note(monkeypatch):
+    import dadf_fast.bench as bench
+
+    def boom(*a, **k):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(bench.torch, "compile", boom)
+    rows = run_bench("lite", batch_sizes=[1], backends=("torch", "compile"), tasks=("infer", "stage2"), reps=1,
+                     warmup=0, input_size=64, model_kwargs=dict(depth=1, flow_steps=2), print_fn=lambda *_: None)
+    comp = [r for r in rows if r["variant"] == "compile"]
+    assert len(comp) == 2 and all(r["note"].startswith("compile failed") for r in comp)
+    assert all(r["images_per_s"] > 0 for r in rows if r["variant"] == "torch")
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="variants"):
+        run_bench(backends=("jax",), print_fn=lambda *_: None)
+    with pytest.raises(ValueError, match="tasks"):
+        run_bench(tasks=("fit",), print_fn=lambda *_: None)
+
+
+def test_stage_flops_and_coupling_bytes():
+    from dadf_fast.bench import coupling_bytes, stage_flops
+
+    fl = stage_flops("lite", input_size=64)
+    assert all(fl[k] > 0 for k in ("backbone", "transformer", "flows", "stage1_train", "stage2_train"))
+    assert 0 < fl["flows_dense_perm"] < fl["flows"]
+    rows = coupling_bytes("lite", input_size=64)
+    assert [r["channels"] for r in rows] == [72, 120, 336]
+    assert rows[0]["bytes"] == 4 * 16 * 16 * (72 + 72 + 72)
+
+
+def test_cli_parses_bench_options():
+    from dadf_fast.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--quick", "--preset", "lite", "paper", "--variants", "torch", "auto",
+                                      "--csv", "x.csv", "--plot", "x.png", "--dtype", "bfloat16"])
+    assert args.quick and args.preset == ["lite", "paper"] and args.variants == ["torch", "auto"]
+    assert args.plot == "x.png" and args.dtype == "bfloat16"
