@@ -79,6 +79,7 @@ def evaluate(model, test_data, batch_size: int = 8, out_dir: str | None = None, 
             result["spro"] = metrics.spro(maps, per_img, sat)
     if out_dir:
         vmin, vmax = float(np.percentile(maps, 1)), float(np.percentile(maps, 99.9))
+        images = np.concatenate(images) if images else None
         for i, p in enumerate(paths):
             if tiff:
                 from .viz import map_path, save_tiff
@@ -87,8 +88,7 @@ def evaluate(model, test_data, batch_size: int = 8, out_dir: str | None = None, 
             if heatmaps:
                 from .viz import overlay_panel, save_png
 
-                img = np.concatenate(images)[i]
-                panel = overlay_panel(img, maps[i], masks[i] if labels[i] >= 0 else None, vmin, vmax)
+                panel = overlay_panel(images[i], maps[i], masks[i] if labels[i] >= 0 else None, vmin, vmax)
                 stem = os.path.splitext(os.path.basename(p))[0]
                 save_png(os.path.join(out_dir, "heatmaps", defects[i], f"{stem}.png"), panel)
         atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(result, indent=2) + "\n")
