@@ -29,3 +29,21 @@ def pytest_collection_modifyitems(config, items):
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def require_backend():
+    """``require_backend(name)``: skip when the backend cannot run on CPU tensors here, but
+    fail under CI (``CI`` set), where the extension and the Triton interpreter must work, so
+    that a broken fast path can never pass as a skip."""
+    import dadf_fast
+
+    def check(name):
+        entry = dadf_fast.backends()[name]["cpu"]
+        if entry["available"]:
+            return
+        if os.environ.get("CI"):
+            pytest.fail(f"backend {name!r} must be available in CI: {entry['reason']}")
+        pytest.skip(entry["reason"])
+
+    return check

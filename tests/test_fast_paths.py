@@ -5,22 +5,16 @@ import copy
 import pytest
 import torch
 
-import dadf_fast
 from dadf_fast import DADF
 from dadf_fast.nn import FlowStage
-
-
-def _available(backend):
-    return dadf_fast.backends()[backend]["cpu"]["available"]
 
 
 FAST = [b for b in ("triton", "cpp")]
 
 
 @pytest.mark.parametrize("backend", FAST)
-def test_flow_stage_matches_reference_forward_and_backward(backend):
-    if not _available(backend):
-        pytest.skip(dadf_fast.backends()[backend]["cpu"]["reason"])
+def test_flow_stage_matches_reference_forward_and_backward(backend, require_backend):
+    require_backend(backend)
     torch.manual_seed(0)
     ref = FlowStage(7, (5, 3), steps=3, backend="torch")
     with torch.no_grad():
@@ -46,9 +40,8 @@ def test_flow_stage_matches_reference_forward_and_backward(backend):
 
 
 @pytest.mark.parametrize("backend", FAST)
-def test_tiny_dadf_matches_reference(backend):
-    if not _available(backend):
-        pytest.skip(dadf_fast.backends()[backend]["cpu"]["reason"])
+def test_tiny_dadf_matches_reference(backend, require_backend):
+    require_backend(backend)
     torch.manual_seed(0)
     ref = DADF("lite", pretrained=False, input_size=32, depth=1, flow_steps=2, backend="torch",
                score_scales=(0, 1, 2), smooth_sigma=0)
@@ -63,9 +56,8 @@ def test_tiny_dadf_matches_reference(backend):
     torch.testing.assert_close(lb["loss_recon"], la["loss_recon"], rtol=1e-5, atol=1e-5)
 
 
-def test_flow_stage_compiles_with_triton_backend():
-    if not _available("triton"):
-        pytest.skip(dadf_fast.backends()["triton"]["cpu"]["reason"])
+def test_flow_stage_compiles_with_triton_backend(require_backend):
+    require_backend("triton")
     torch.manual_seed(0)
     stage = FlowStage(6, (4, 4), steps=2, backend="triton")
     x = torch.randn(2, 6, 4, 4)
