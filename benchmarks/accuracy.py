@@ -59,6 +59,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default="lite", choices=["lite", "paper"], help="DADF training recipe (default: lite)")
     p.add_argument("--epochs-recon", type=int, default=None, help="DADF stage-1 epochs (default: the recipe's)")
     p.add_argument("--epochs-flow", type=int, default=None, help="DADF stage-2 epochs (default: the recipe's)")
+    p.add_argument("--iters-flow", type=int, default=None, help="DADF stage-2 optimiser steps (default: the recipe's)")
+    p.add_argument("--flow-norm", default=None, choices=["image", "channel"],
+                   help="DADF flow-input norm (default: the lite preset's, channel)")
     p.add_argument("--coreset-ratio", type=float, default=1.0, help="kNN memory-bank fraction (default: 1.0)")
     p.add_argument("--seed", type=int, default=0, help="data and training seed (default: 0)")
     p.add_argument("--image-size", type=int, default=256)
@@ -81,8 +84,9 @@ def _fit(method: str, train, args, out_dir: str):
 
     torch.manual_seed(args.seed)
     if method == "dadf":
-        model = DADF("lite", input_size=args.image_size, backend=args.backend).to(args.device)
+        model = DADF("lite", input_size=args.image_size, backend=args.backend, flow_norm=args.flow_norm).to(args.device)
         res = model.fit(train, recipe=args.recipe, epochs_recon=args.epochs_recon, epochs_flow=args.epochs_flow,
+                        iters_flow=args.iters_flow,
                         seed=args.seed, out_dir=out_dir, progress=not args.quiet, log=lambda *a: None)
         info = {"recipe": args.recipe, "epochs_recon": len(res["loss_recon"]), "epochs_flow": len(res["loss_flow"]),
                 "final_loss_flow": res["loss_flow"][-1] if res["loss_flow"] else None}
@@ -187,7 +191,8 @@ def main(argv=None) -> int:
     print()
     print(f"<!-- benchmarks/accuracy.py: seed {s['seed']}, {s['n_train']} train / {s['n_test_good']} good / "
           f"{s['n_test_defect']} defective test images per category at {s['image_size']} px; DADF recipe "
-          f"{s['recipe']} (epochs recon/flow: {_epochs(s['epochs_recon'])}/{_epochs(s['epochs_flow'])}); "
+          f"{s['recipe']} (epochs recon/flow: {_epochs(s['epochs_recon'])}/{_epochs(s['epochs_flow'])}, flow steps "
+          f"{_epochs(s['iters_flow'])}, flow norm {s['flow_norm'] or 'preset'}); "
           f"kNN coreset ratio {s['coreset_ratio']}; torch "
           f"{report['machine']['torch']}, {report['machine']['threads']} threads -->")
     print(markdown(report))

@@ -59,19 +59,23 @@ step backends 30 $PY -c "import dadf_fast, json; print(json.dumps(dadf_fast.back
 # GPU tests first (bf16, paper shapes, CUDA kernels), then the cpp/triton files as a whole.
 step pytest_gpu 75 $PY -m pytest -q -x -m gpu tests/ -p no:cacheprovider --junitxml="$OUTDIR/pytest_gpu.xml"
 
-# the end-to-end suite: fp32 eager rows of both presets, then bf16, then torch.compile rows.
+# the end-to-end suite.  Issue 7's H200 bars: paper preset, batch 64, bf16 inference >= 1000
+# img/s, >= 3x the fp32 eager reference (bench_paper_infer_fp32, torch row at batch 64) and
+# >= 1.3x torch.compile of the reference in bf16 (the compile row of bench_paper_infer_bf16).
 BENCH="$PY -m dadf_fast.cli bench --device cuda --reps 5 --warmup 2"
-step bench_paper_fp32 60 $BENCH --preset paper --variants torch auto --batch-sizes 1 8 32 \
-  --csv "$OUTDIR/bench_paper_fp32.csv" --json "$OUTDIR/bench_paper_fp32.json" --plot "$OUTDIR/bench_paper_fp32.png"
-step bench_lite_fp32 40 $BENCH --preset lite --variants torch auto --batch-sizes 1 8 32 \
+step bench_paper_infer_fp32 60 $BENCH --preset paper --tasks infer --variants torch auto auto-graph \
+  --batch-sizes 1 8 32 64 --csv "$OUTDIR/bench_paper_infer_fp32.csv" --json "$OUTDIR/bench_paper_infer_fp32.json" \
+  --plot "$OUTDIR/bench_paper_infer_fp32.png"
+step bench_paper_infer_bf16 100 $BENCH --preset paper --dtype bfloat16 --tasks infer \
+  --variants torch compile auto auto-graph auto-compile --batch-sizes 64 \
+  --csv "$OUTDIR/bench_paper_infer_bf16.csv" --json "$OUTDIR/bench_paper_infer_bf16.json"
+step bench_paper_train 45 $BENCH --preset paper --tasks stage1 stage2 --variants torch auto --batch-sizes 8 32 \
+  --csv "$OUTDIR/bench_paper_train.csv" --json "$OUTDIR/bench_paper_train.json"
+step bench_lite_fp32 40 $BENCH --preset lite --variants torch auto auto-graph --batch-sizes 1 8 32 \
   --csv "$OUTDIR/bench_lite_fp32.csv" --json "$OUTDIR/bench_lite_fp32.json"
 step coupling 30 $PY benchmarks/coupling.py --device cuda --k 3 1 --json "$OUTDIR/coupling_fp32.json"
 step attention 40 $PY benchmarks/attention.py --device cuda --json "$OUTDIR/attention.json"
-step bench_paper_bf16 40 $BENCH --preset paper --dtype bfloat16 --variants torch auto --batch-sizes 8 32 \
-  --csv "$OUTDIR/bench_paper_bf16.csv" --json "$OUTDIR/bench_paper_bf16.json"
 step coupling_bf16 20 $PY benchmarks/coupling.py --device cuda --dtype bfloat16 --k 3 1 --json "$OUTDIR/coupling_bf16.json"
-step bench_lite_compile 60 $BENCH --preset lite --variants torch compile auto --batch-sizes 8 \
-  --csv "$OUTDIR/bench_lite_compile.csv" --json "$OUTDIR/bench_lite_compile.json"
 step pytest_kernels 60 $PY -m pytest -q tests/test_cpp_ops.py tests/test_triton_coupling.py \
   tests/test_triton_dual_attention.py tests/test_fast_paths.py tests/test_inference_fast_path.py -p no:cacheprovider
 

@@ -3,6 +3,6 @@ __version__ = "0.1.0"
 
 from . import ops, reference
 from ._backends import BackendUnavailable, backends
-from .model import DADF
+from .model import DADF, CUDAGraphInference
 
-__all__ = ["DADF", "ops", "reference", "backends", "BackendUnavailable", "__version__"]
+__all__ = ["DADF", "CUDAGraphInference", "ops", "reference", "backends", "BackendUnavailable", "__version__"]

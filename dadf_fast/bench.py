@@ -16,7 +16,14 @@ for the variants
 * ``torch``: ``backend="torch"``, the reference computation (dense permutation);
 * ``compile``: ``torch.compile`` of the reference model's inference function and stage loss
   functions (the optimizer step stays eager); a failure to compile becomes the row's note;
-* ``auto``: ``backend="auto"``, the fastest backends available (C++ on CPU; Triton/CUDA on GPU).
+* ``auto``: ``backend="auto"``, the fastest backends available (C++ on CPU; Triton/CUDA on GPU);
+* ``auto-compile``: ``torch.compile`` of the ``auto`` model (``mode="reduce-overhead"`` on GPU,
+  i.e. with CUDA graphs; the custom ops are traced through their fake kernels);
+* ``auto-graph`` (inference, CUDA only): the ``auto`` model replayed from a CUDA graph
+  captured at the row's batch size (:class:`dadf_fast.CUDAGraphInference`).
+
+``dtype="bfloat16"``/``"float16"`` runs every variant in mixed precision,
+``DADF(dtype=...)`` (autocast; float32 weights, images, flow epilogue and scoring).
 
 Numbers are medians of ``reps`` timed calls after ``warmup`` untimed calls, with device
 synchronisation, the timed calls of the variants interleaved; ``ratio`` is images/s against the ``torch`` row of the same preset, batch and
@@ -36,7 +43,8 @@ import time
 
 import torch
 
-VARIANTS = ("torch", "compile", "auto")
+VARIANTS = ("torch", "compile", "auto", "auto-compile", "auto-graph")
+DEFAULT_VARIANTS = ("torch", "compile", "auto")
 TASKS = ("infer", "stage1", "stage2")
 SPLIT = ("backbone_ms", "transformer_ms", "flows_ms", "scoring_ms")
 COLUMNS = ("preset", "device", "dtype", "batch", "task", "variant", "seconds", "images_per_s", "ratio",
@@ -103,8 +111,14 @@ def load_note() -> str:
 # ----------------------------------------------------------------------------- the timed functions
 def _infer_stages(model, x, device) -> dict:
     """One inference with each stage timed separately (the computation of ``DADF._infer``)."""
+    with model.autocast(device.type):
+        return _infer_stages_timed(model, x, device)
+
+
+def _infer_stages_timed(model, x, device) -> dict:
     from . import ops
     from .model.postprocess import gaussian_smooth
+    from .ops._dispatch import autocast_off
 
     out = {}
     t0 = time.perf_counter()
@@ -118,11 +132,12 @@ def _infer_stages(model, x, device) -> dict:
           for s in model.config["score_scales"]]
     _sync(device)
     t3 = time.perf_counter()
-    amap, score = ops.multiscale_score(zs, model.input_size,
-                                       backend=ops.module_backend("multiscale_score", model.backend))
-    if model.config["smooth_sigma"]:
-        amap = gaussian_smooth(amap, model.config["smooth_sigma"])
-        score = amap.flatten(1).amax(1)
+    with autocast_off(device):
+        amap, score = ops.multiscale_score(zs, model.input_size,
+                                           backend=ops.module_backend("multiscale_score", model.backend))
+        if model.config["smooth_sigma"]:
+            amap = gaussian_smooth(amap, model.config["smooth_sigma"])
+            score = amap.flatten(1).amax(1)
     _sync(device)
     t4 = time.perf_counter()
     out["backbone_ms"], out["transformer_ms"] = 1e3 * (t1 - t0), 1e3 * (t2 - t1)
@@ -142,14 +157,23 @@ def _make_task(model, task, variant, x, cache):
     """``(step_fn, params_to_restore)`` for one (task, variant) on batch ``x``."""
     from .nn import reconstruction_loss
 
+    compiling = variant in ("compile", "auto-compile")
+    # on GPU, auto-compile also takes torch.compile's CUDA-graph mode (launch overhead)
+    compile_mode = "reduce-overhead" if variant == "auto-compile" and x.device.type == "cuda" else None
     if task == "infer":
-        if variant != "compile":
+        if variant == "auto-graph":
+            from .model.graphs import CUDAGraphInference
+
+            graph = CUDAGraphInference(model, x.shape[0])
+            return (lambda: graph(x)), None
+        if not compiling:
             return (lambda: model.predict(x)), None
 
         def infer(images):
-            return model._infer(model.features(images))
+            with model.autocast(images.device.type):
+                return model._infer(model.features(images))
 
-        compiled = torch.compile(infer)
+        compiled = torch.compile(infer, mode=compile_mode)
 
         def run():
             with torch.no_grad():
@@ -164,8 +188,9 @@ def _make_task(model, task, variant, x, cache):
         opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95))
 
         def loss_fn(f):
-            local, glob = model.reconstructor(f)
-            return reconstruction_loss(f, local, glob)
+            with model.autocast(x.device.type):
+                local, glob = model.reconstructor(f)
+                return reconstruction_loss(f, local, glob)
 
         arg = feats
     else:
@@ -173,9 +198,14 @@ def _make_task(model, task, variant, x, cache):
         module = model.flows
         params = [p for p in module.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=1e-3, weight_decay=1e-5)
-        loss_fn = model.flow_loss
+        def loss_fn(inp):
+            with model.autocast(x.device.type):
+                return model.flow_loss(inp)
+
         arg = inputs
-    if variant == "compile":
+    if variant == "auto-graph":
+        raise ValueError("auto-graph times inference only (training steps are not captured)")
+    if compiling:
         loss_fn = torch.compile(loss_fn)
 
     def step():
@@ -195,8 +225,11 @@ def _resolved_ops(backend, device, dtype) -> str:
     names = ("dual_attention", "affine_coupling", "flow_nll", "multiscale_score")
     out = []
     for op in names:
+        # mixed precision: only the attention sees the reduced dtype; the flow epilogue,
+        # NLL and scoring ops receive float32
+        op_dtype = dtype if op == "dual_attention" else torch.float32
         try:
-            out.append(f"{op}={selected_backend(op, backend, device, dtype)}")
+            out.append(f"{op}={selected_backend(op, backend, device, op_dtype)}")
         except Exception as exc:  # an explicit backend that cannot run
             out.append(f"{op}=unavailable({type(exc).__name__})")
     return "/".join(out)
@@ -213,10 +246,12 @@ def run_bench(preset="lite", batch_sizes=None, quick: bool = False, csv: str | N
     Args:
         preset: ``"lite"``, ``"paper"`` or a list of them (``quick``: lite only).
         batch_sizes: default ``[1, 8]`` on CPU, ``[1, 8, 32]`` on GPU (``quick``: the first two).
-        backends: the variants, a subset of ``("torch", "compile", "auto")``; default all three,
-            ``quick``: ``("torch", "auto")``.  ``"torch"`` is always run first (the ratio base).
+        backends: the variants, a subset of :data:`VARIANTS`; default ``torch``, ``compile``,
+            ``auto`` (on CUDA also ``auto-compile`` and ``auto-graph``), ``quick``:
+            ``("torch", "auto")``.  ``"torch"`` is always run first (the ratio base).
         tasks: subset of ``("infer", "stage1", "stage2")``.
-        dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"`` (model and images cast to it).
+        dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``: the model's compute precision
+            (``DADF(dtype=...)``, mixed precision; weights and images stay float32).
         reps, warmup: timed and untimed calls per row (default 5/1, ``quick`` 2/1).
         input_size: image side (256 in the presets; smaller only for tests).
         split: time the inference stages one by one (backbone/transformer/flows/scoring).
@@ -233,7 +268,8 @@ def run_bench(preset="lite", batch_sizes=None, quick: bool = False, csv: str | N
         batch_sizes = [1, 8] if dev.type == "cpu" else [1, 8, 32]
     if quick:
         batch_sizes = list(batch_sizes)[:2]
-    variants = list(backends) if backends is not None else (["torch", "auto"] if quick else list(VARIANTS))
+    default = list(DEFAULT_VARIANTS) + (["auto-compile", "auto-graph"] if dev.type == "cuda" else [])
+    variants = list(backends) if backends is not None else (["torch", "auto"] if quick else default)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variants {unknown}; choose from {VARIANTS}")
@@ -256,13 +292,13 @@ def run_bench(preset="lite", batch_sizes=None, quick: bool = False, csv: str | N
     rows = []
     for pname in presets:
         torch.manual_seed(0)
-        model = DADF(pname, pretrained=False, input_size=input_size, **(model_kwargs or {}))
-        model = model.to(device=dev, dtype=tdtype).eval()
+        model = DADF(pname, pretrained=False, input_size=input_size, dtype=tdtype, **(model_kwargs or {}))
+        model = model.to(device=dev).eval()
         snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
         for bs in batch_sizes:
-            x = torch.randn(bs, 3, input_size, input_size, device=dev, dtype=tdtype)
+            x = torch.randn(bs, 3, input_size, input_size, device=dev)
             cache = {}
-            with torch.no_grad():
+            with torch.no_grad(), model.autocast(dev.type):
                 model.set_backend("torch")
                 cache["feats"] = [f.detach() for f in model.features(x)]
                 local, glob = model.reconstructor(cache["feats"])
@@ -299,7 +335,8 @@ def run_bench(preset="lite", batch_sizes=None, quick: bool = False, csv: str | N
 
 def _error_note(variant, exc) -> str:
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    what = "compile failed" if variant == "compile" else "failed"
+    what = {"compile": "compile failed", "auto-compile": "compile failed", "auto-graph": "capture failed"}.get(
+        variant, "failed")
     return f"{what}: {type(exc).__name__}: {msg[:160]}"
 
 
@@ -311,15 +348,19 @@ def _run_task(model, pname, task, variants, x, cache, dev, tdtype, reps, warmup,
 
     bs = x.shape[0]
     rows, fns = [], {}
+    if task != "infer":  # CUDA graphs are captured for inference only
+        variants = [v for v in variants if v != "auto-graph"]
     for variant in variants:
-        backend = "torch" if variant == "compile" else variant
+        backend = "torch" if variant in ("torch", "compile") else "auto"
         model.set_backend(backend)
         row = dict(preset=pname, device=str(dev), dtype=str(tdtype).replace("torch.", ""), batch=bs, task=task,
                    variant=variant, seconds=float("nan"), images_per_s=float("nan"), ratio=float("nan"),
                    **{k: float("nan") for k in SPLIT}, peak_mb=float("nan"), compile_s=float("nan"),
                    ops=_resolved_ops(backend, dev, tdtype), note="")
-        if variant == "compile":
+        if variant in ("compile", "auto-compile"):
             row["ops"] = "torch.compile(" + row["ops"] + ")"
+        elif variant == "auto-graph":
+            row["ops"] = "cuda-graph(" + row["ops"] + ")"
         rows.append(row)
         _reset_peak(dev)
         try:
@@ -329,7 +370,7 @@ def _run_task(model, pname, task, variants, x, cache, dev, tdtype, reps, warmup,
                 model.set_backend(backend)  # (compiled code guards on it: keep it fixed per variant)
                 return fn()
 
-            if variant == "compile":
+            if variant in ("compile", "auto-compile", "auto-graph"):  # compile / capture time
                 t0 = time.perf_counter()
                 call()
                 _sync(dev)
@@ -357,13 +398,13 @@ def _run_task(model, pname, task, variants, x, cache, dev, tdtype, reps, warmup,
         if v in fns and times[v]:
             row["seconds"] = statistics.median(times[v])
             row["images_per_s"] = bs / row["seconds"]
-            if task == "infer" and split and v != "compile":
+            if task == "infer" and split and v in ("torch", "auto"):
                 model.set_backend(v)
                 try:
                     row.update(_split(model, x, dev, warmup=0, reps=reps))
                 except Exception as exc:
                     row["note"] = _error_note(v, exc)
-    if "compile" in variants:
+    if "compile" in variants or "auto-compile" in variants:
         torch._dynamo.reset()
     return rows
 
@@ -375,13 +416,14 @@ def _fmt(v, spec):
 
 
 def _print_header(print_fn=print) -> None:
-    print_fn(f"{'preset':<7}{'batch':>6} {'task':<7}{'variant':<9}{'img/s':>9}{'ms/batch':>10}{'vs torch':>9}"
+    print_fn(f"{'preset':<7}{'batch':>6} {'task':<7}{'variant':<13}{'img/s':>9}{'ms/batch':>10}{'vs torch':>9}"
              f"{'backbone':>10}{'transf.':>9}{'flows':>9}{'scoring':>9}{'peak MB':>9}  note")
 
 
 def _print_row(r, print_fn=print) -> None:
-    note = r["note"] or (f"compile {r['compile_s']:.0f} s" if not math.isnan(r["compile_s"]) else "")
-    print_fn(f"{r['preset']:<7}{r['batch']:>6} {r['task']:<7}{r['variant']:<9}{_fmt(r['images_per_s'], '9.2f')}"
+    first = "capture" if r["variant"] == "auto-graph" else "compile"
+    note = r["note"] or (f"{first} {r['compile_s']:.1f} s" if not math.isnan(r["compile_s"]) else "")
+    print_fn(f"{r['preset']:<7}{r['batch']:>6} {r['task']:<7}{r['variant']:<13}{_fmt(r['images_per_s'], '9.2f')}"
              f"{_fmt(1e3 * r['seconds'], '10.1f')}{_fmt(r['ratio'], '8.2f')}x"
              f"{_fmt(r['backbone_ms'], '10.1f')}{_fmt(r['transformer_ms'], '9.1f')}"
              f"{_fmt(r['flows_ms'], '9.1f')}{_fmt(r['scoring_ms'], '9.1f')}{_fmt(r['peak_mb'], '9.0f')}  {note}")

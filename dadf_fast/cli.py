@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training recipe (default: lite for the lite preset, paper otherwise)")
     p.add_argument("--epochs-recon", type=int, default=None, help="stage-1 (reconstruction) epochs")
     p.add_argument("--epochs-flow", type=int, default=None, help="stage-2 (flow) epochs")
+    p.add_argument("--iters-flow", type=int, default=None,
+                   help="stage-2 optimiser steps (replaces --epochs-flow; the lite recipe's default: 432)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="compute precision (mixed precision on GPU: bfloat16; saved in the checkpoint)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--input-size", type=int, default=256)
     p.add_argument("--no-pretrained", action="store_true", help="random backbone weights")
@@ -72,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--categories", nargs="+", default=None, help="demo categories (default: all)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="compute precision (default: float32)")
     p.add_argument("--quiet", action="store_true")
     _add_common(p)
 
@@ -122,8 +128,9 @@ def cmd_train(args):
         print(json.dumps(res["seconds"]))
         return
     model = DADF(args.preset, pretrained=not args.no_pretrained, input_size=args.input_size, backend=args.backend,
-                 backbone_weights=args.backbone_weights).to(args.device)
+                 backbone_weights=args.backbone_weights, dtype=args.dtype).to(args.device)
     res = model.fit(train, recipe=recipe, epochs_recon=args.epochs_recon, epochs_flow=args.epochs_flow,
+                    iters_flow=args.iters_flow,
                     batch_size_recon=args.batch_size, seed=args.seed, out_dir=args.out, resume=args.resume,
                     progress=not args.quiet)
     print(f"trained on {len(train)} images; checkpoint: {os.path.join(args.out, 'model.pt')}")
@@ -175,7 +182,7 @@ def cmd_demo(args):
     from .demo import run_demo
 
     run_demo(args.out, categories=args.categories, seed=args.seed, device=args.device, backend=args.backend,
-             progress=not args.quiet)
+             progress=not args.quiet, dtype=args.dtype)
 
 
 def cmd_bench(args):

@@ -8,8 +8,10 @@ deterministic in eval mode.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import math
 import os
 import time
 
@@ -17,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 RECIPES = ("paper", "lite")
+LITE_FLOW_ITERS = 432  # 144 epochs of 40 images at batch 16 (docs/accuracy.md)
 
 
 class TrainingDiverged(RuntimeError):
@@ -32,6 +35,9 @@ class FitConfig:
     recipe: str = "paper"
     epochs_recon: int = 200
     epochs_flow: int = 15
+    # stage-2 optimiser steps; when set it replaces epochs_flow (epochs = ceil(iters / batches
+    # per epoch)), so the flow schedule does not depend on how many normal images there are
+    iters_flow: int | None = None
     batch_size_recon: int = 8
     batch_size_flow: int = 16
     lr_recon: float = 1e-4
@@ -46,16 +52,42 @@ class FitConfig:
     vflip: bool = False
     seed: int = 0
 
+    def __post_init__(self):
+        def bad(name, want):
+            raise ValueError(f"FitConfig.{name} must be {want}, got {getattr(self, name)!r}")
+
+        for name in ("epochs_recon", "epochs_flow"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                bad(name, "an int >= 0")
+        if self.iters_flow is not None and (not isinstance(self.iters_flow, int) or self.iters_flow < 0):
+            bad("iters_flow", "None or an int >= 0")
+        for name in ("batch_size_recon", "batch_size_flow"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                bad(name, "an int >= 1")
+        for name in ("lr_recon", "lr_flow"):
+            if not getattr(self, name) > 0:
+                bad(name, "> 0")
+        if not self.weight_decay_flow >= 0:
+            bad("weight_decay_flow", ">= 0")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            bad("grad_clip", "None or > 0")
+        if not 0 <= self.val_fraction < 1:
+            bad("val_fraction", "in [0, 1)")
+
     @classmethod
     def for_recipe(cls, recipe: str = "paper", **overrides) -> "FitConfig":
         if recipe not in RECIPES:
             raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
         base = {}
         if recipe == "lite":
-            # few images, few CPU minutes: a short reconstruction stage, enough flow steps
-            # at the official flow learning rate, gradient clipping (docs/accuracy.md)
-            base = dict(epochs_recon=4, epochs_flow=12, grad_clip=1.0)
-        base.update({k: v for k, v in overrides.items() if v is not None})
+            # few images, few CPU minutes: a short reconstruction stage, a fixed number of flow
+            # optimiser steps at twice the official flow learning rate, gradient clipping
+            # (docs/accuracy.md)
+            base = dict(epochs_recon=4, iters_flow=LITE_FLOW_ITERS, lr_flow=2e-3, grad_clip=1.0)
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        if "epochs_flow" in overrides and "iters_flow" not in overrides:
+            base.pop("iters_flow", None)  # an explicit epoch count wins over the recipe's steps
+        base.update(overrides)
         return cls(recipe=recipe, **base)
 
 
@@ -185,7 +217,9 @@ def fit(model, train_data, config: FitConfig | None = None, out_dir: str | None 
     n = images.shape[0]
     model.eval()
     t0 = time.perf_counter()
-    feats = _batched(lambda x: model.features(x), images, 16, device)
+    amp = model.autocast if hasattr(model, "autocast") else (lambda _: contextlib.nullcontext())
+    with amp(device.type):
+        feats = _batched(lambda x: model.features(x), images, 16, device)
     result["seconds"]["features"] = time.perf_counter() - t0
 
     if done < 1:
@@ -196,8 +230,9 @@ def fit(model, train_data, config: FitConfig | None = None, out_dir: str | None 
 
         def recon_loss(idx):
             f = [t[idx] for t in feats]
-            local, glob = model.reconstructor(f)
-            return reconstruction_loss(f, local, glob)
+            with amp(device.type):  # the forward in mixed precision, the backward outside
+                local, glob = model.reconstructor(f)
+                return reconstruction_loss(f, local, glob)
 
         model.reconstructor.train()
         result["loss_recon"] = _train_epochs(params, recon_loss, n, cfg.batch_size_recon, cfg.epochs_recon, opt, cfg,
@@ -208,7 +243,7 @@ def fit(model, train_data, config: FitConfig | None = None, out_dir: str | None 
             model.save(stage1_path, extra={"stage_done": 1})
 
     t0 = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), amp(device.type):
         inputs = []
         for idx in torch.split(torch.arange(n), 16):
             f = [t[idx] for t in feats]
@@ -226,11 +261,19 @@ def fit(model, train_data, config: FitConfig | None = None, out_dir: str | None 
         val_idx, train_idx = order[:n_val], order[n_val:]
 
         def val_fn():
-            parts = [model.flow_loss([t[i] for t in inputs]) * len(i) for i in torch.split(val_idx, 16)]
+            with amp(device.type):
+                parts = [model.flow_loss([t[i] for t in inputs]) * len(i) for i in torch.split(val_idx, 16)]
             return sum(parts) / len(val_idx)
 
-    result["loss_flow"] = _train_epochs(params, lambda idx: model.flow_loss([t[train_idx[idx]] for t in inputs]),
-                                        len(train_idx), cfg.batch_size_flow, cfg.epochs_flow, opt, cfg, 2, progress,
+    def flow_loss(idx):
+        with amp(device.type):
+            return model.flow_loss([t[train_idx[idx]] for t in inputs])
+
+    epochs_flow = cfg.epochs_flow
+    if cfg.iters_flow is not None:
+        epochs_flow = math.ceil(cfg.iters_flow / math.ceil(len(train_idx) / cfg.batch_size_flow))
+    result["loss_flow"] = _train_epochs(params, flow_loss,
+                                        len(train_idx), cfg.batch_size_flow, epochs_flow, opt, cfg, 2, progress,
                                         gen, log, stage1_path, val_fn=val_fn, module=model.flows)
     model.eval()
     result["seconds"]["stage2"] = time.perf_counter() - t0

@@ -73,3 +73,20 @@ def test_cli_parses_bench_options():
                                       "--csv", "x.csv", "--plot", "x.png", "--dtype", "bfloat16"])
     assert args.quick and args.preset == ["lite", "paper"] and args.variants == ["torch", "auto"]
     assert args.plot == "x.png" and args.dtype == "bfloat16"
+
+
+def test_mixed_precision_rows_and_graph_variant_on_cpu():
+    """``dtype="bfloat16"`` benches the autocast model (float32 inputs); a CUDA-graph row on a
+    CPU becomes a note, and training tasks have no graph row."""
+    rows = run_bench("lite", batch_sizes=[2], backends=("torch", "auto", "auto-graph"), tasks=("infer", "stage2"),
+                     reps=1, warmup=0, input_size=64, dtype="bfloat16", model_kwargs=dict(depth=1, flow_steps=2),
+                     print_fn=lambda *_: None)
+    assert [(r["task"], r["variant"]) for r in rows] == [("infer", "torch"), ("infer", "auto"), ("infer", "auto-graph"),
+                                                         ("stage2", "torch"), ("stage2", "auto")]
+    assert all(r["dtype"] == "bfloat16" for r in rows)
+    graph = rows[2]
+    assert graph["note"].startswith("capture failed") and "CUDA" in graph["note"]
+    for r in rows[:2] + rows[3:]:
+        assert r["note"] == "" and r["images_per_s"] > 0
+    # the flow epilogue ops run in float32 under mixed precision: the C++ kernels are chosen
+    assert "affine_coupling=cpp" in rows[1]["ops"]

@@ -1,19 +1,32 @@
 """The DADF detector: frozen backbone -> dual-attention reconstruction -> per-scale flows."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
 import torch.nn as nn
 
 from .. import ops
+from ..ops._dispatch import autocast_off
 from .._io import atomic_torch_save
-from ..nn import FlowStage, Reconstructor, reconstruction_loss
+from ..nn import FLOW_NORMS, FlowStage, Reconstructor, reconstruction_loss
 from .backbone import Backbone
 from .postprocess import gaussian_smooth
 from .presets import PATCH_SIZES, PRESETS
 
 CHECKPOINT_FORMAT = "dadf-fast"
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def _parse_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype) and dtype in _DTYPE_NAMES:
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() in _DTYPES:
+        return _DTYPES[dtype.lower()]
+    raise ValueError(f"dtype must be one of {sorted(_DTYPES)} (or the torch dtype), got {dtype!r}")
 CHECKPOINT_VERSION = 1
 
 
@@ -31,6 +44,13 @@ class DADF(nn.Module):
         embed_dim, depth, num_heads, flow_steps: override the preset.
         clamp: affine clamping of the coupling steps.
         backend: ``"auto"``, ``"torch"`` (the reference computation), ``"triton"``, ``"cpp"``.
+        flow_norm: the flows' input normalisation, ``"image"`` (DADF's ``LayerNorm([C, H, W])``)
+            or ``"channel"`` (per position over channels; the lite preset's, docs/accuracy.md).
+        dtype: compute precision, ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``
+            (also ``"bf16"``/``"fp16"``): mixed precision through ``torch.autocast`` for the
+            backbone, the transformer and the flow subnets, while the weights, the flow input
+            norm, the coupling epilogue, log-det, NLL and scoring stay float32 (the coupling
+            ops receive float32 ``x`` and the subnet output cast up).
 
     ``forward(images [B,3,S,S])``: in training mode returns the stage losses
     (``stage=1``: reconstruction, ``stage=2``: flows, ``None``: both, as ``loss_recon``,
@@ -47,13 +67,13 @@ class DADF(nn.Module):
                  input_size: int = 256, embed_dim: int | None = None, depth: int | None = None,
                  num_heads: int | None = None, flow_steps: int | None = None, clamp: float = 2.0,
                  backend: str = "auto", backbone_weights: str | None = None, score_scales=None,
-                 smooth_sigma: float | None = None):
+                 smooth_sigma: float | None = None, flow_norm: str | None = None, dtype="float32"):
         super().__init__()
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
         cfg = dict(PRESETS[preset])
         for key, val in (("backbone", backbone), ("embed_dim", embed_dim), ("depth", depth),
-                         ("num_heads", num_heads), ("flow_steps", flow_steps)):
+                         ("num_heads", num_heads), ("flow_steps", flow_steps), ("flow_norm", flow_norm)):
             if val is not None:
                 cfg[key] = val
         if not isinstance(input_size, int) or input_size < 32 or input_size % 16:
@@ -65,6 +85,9 @@ class DADF(nn.Module):
             raise ValueError(f"3*embed_dim ({3 * cfg['embed_dim']}) must be divisible by num_heads ({cfg['num_heads']})")
         if (3 * cfg["embed_dim"]) % 4:
             raise ValueError(f"3*embed_dim must be divisible by 4 for the 2-D position embedding, got {3 * cfg['embed_dim']}")
+        if cfg["flow_norm"] not in FLOW_NORMS:
+            raise ValueError(f"flow_norm must be one of {FLOW_NORMS}, got {cfg['flow_norm']!r}")
+        compute_dtype = _parse_dtype(dtype)
         preset_scales, preset_sigma = cfg.pop("score_scales"), cfg.pop("smooth_sigma")
         score_scales = list(preset_scales if score_scales is None else score_scales)
         if not score_scales or any(s not in (0, 1, 2) for s in score_scales) or len(set(score_scales)) != len(score_scales):
@@ -73,7 +96,8 @@ class DADF(nn.Module):
         if smooth_sigma < 0:
             raise ValueError(f"smooth_sigma must be >= 0, got {smooth_sigma}")
         self.config = dict(preset=preset, input_size=input_size, clamp=float(clamp), score_scales=sorted(score_scales),
-                           smooth_sigma=smooth_sigma, **cfg)
+                           smooth_sigma=smooth_sigma, dtype=_DTYPE_NAMES[compute_dtype], **cfg)
+        self.compute_dtype = compute_dtype
         self.backend = backend
         self.backbone = Backbone(cfg["backbone"], pretrained=pretrained, weights=backbone_weights)
         sizes = [(input_size // s, input_size // s) for s in (4, 8, 16)]
@@ -83,7 +107,7 @@ class DADF(nn.Module):
             num_heads=cfg["num_heads"], backend=backend,
         )
         self.flows = nn.ModuleList(
-            FlowStage(3 * c, size, steps=cfg["flow_steps"], clamp=clamp, backend=backend)
+            FlowStage(3 * c, size, steps=cfg["flow_steps"], clamp=clamp, backend=backend, norm=cfg["flow_norm"])
             for c, size in zip(self.backbone.channels, sizes)
         )
 
@@ -98,6 +122,20 @@ class DADF(nn.Module):
         self.reconstructor.set_backend(backend)
         for f in self.flows:
             f.set_backend(backend)
+        return self
+
+    def autocast(self, device_type: str):
+        """The mixed-precision context of ``dtype`` (a no-op in float32).  ``forward`` and
+        :func:`dadf_fast.training.fit` enter it; call it around :meth:`features` /
+        ``reconstructor`` / :meth:`flow_loss` when driving the model piecewise."""
+        if self.compute_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type, dtype=self.compute_dtype)
+
+    def set_dtype(self, dtype) -> "DADF":
+        """Switch the compute precision (weights stay float32; see ``dtype``)."""
+        self.compute_dtype = _parse_dtype(dtype)
+        self.config["dtype"] = _DTYPE_NAMES[self.compute_dtype]
         return self
 
     def check_images(self, images) -> None:
@@ -138,6 +176,10 @@ class DADF(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, images, stage: int | None = None, smooth_sigma: float | None = None):
         self.check_images(images)
+        with self.autocast(images.device.type):
+            return self._forward(images, stage, smooth_sigma)
+
+    def _forward(self, images, stage, smooth_sigma):
         feats = self.features(images)
         if not self.training:
             return self._infer(feats, smooth_sigma)
@@ -171,12 +213,13 @@ class DADF(nn.Module):
         # coupling then skips its reduction)
         zs = [self.flows[s](self.flow_inputs(feats[s:s + 1], local[s:s + 1], glob[s:s + 1])[0], compute_logdet=False)[0]
               for s in self.config["score_scales"]]
-        amap, score = ops.multiscale_score(zs, self.input_size,
-                                           backend=ops.module_backend("multiscale_score", self.backend))
-        sigma = self.config["smooth_sigma"] if smooth_sigma is None else smooth_sigma
-        if sigma:
-            amap = gaussian_smooth(amap, sigma)
-            score = amap.flatten(1).amax(1)
+        with autocast_off(zs[0].device):  # maps and scores in float32 under any dtype
+            amap, score = ops.multiscale_score(zs, self.input_size,
+                                               backend=ops.module_backend("multiscale_score", self.backend))
+            sigma = self.config["smooth_sigma"] if smooth_sigma is None else smooth_sigma
+            if sigma:
+                amap = gaussian_smooth(amap, sigma)
+                score = amap.flatten(1).amax(1)
         return {"anomaly_map": amap, "score": score}
 
     @torch.no_grad()
@@ -237,6 +280,7 @@ class DADF(nn.Module):
         """Rebuild a model saved with :meth:`save` (no network: the weights are in the file)."""
         payload = cls.read_checkpoint(path)
         cfg = dict(payload["config"])
+        cfg.setdefault("flow_norm", "image")  # checkpoints written before the option existed
         try:
             model = cls(preset=cfg.pop("preset"), pretrained=False, backend=backend, **cfg)
             model.load_state_dict(payload["state_dict"])

@@ -128,6 +128,10 @@ class AllInOneCoupling(nn.Module):
             # the first half of the step's input, recovered from the output: y[:, i] = v[:, perm[i]]
             x1 = (x[:, self.perm_inv[:c1]] - b[:c1, None, None]) / g[:c1, None, None]
             a = self.subnet(x1)
+        if a.dtype != x.dtype:
+            # mixed precision: the subnet ran in bfloat16/float16 under autocast, the
+            # epilogue (exp, log-det) runs on float32 x
+            a = a.to(x.dtype)
         return ops.affine_coupling(x, a, g, b, self.perm, clamp=self.clamp, a_scale=0.1, reverse=rev,
                                    backend=ops.module_backend("affine_coupling", self.backend),
                                    compute_logdet=compute_logdet)
@@ -151,19 +155,53 @@ class AllInOneCoupling(nn.Module):
         return u, -s.sum(dim=(1, 2, 3)) - n_pixels * torch.log(g).sum()
 
 
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over the channels of every position of ``[B, C, H, W]`` (one ``[C]`` affine).
+
+    Unlike a LayerNorm over ``[C, H, W]`` (DADF's flow-input norm), a position's output does not
+    depend on the rest of the image, and the affine has ``2C`` parameters instead of ``2CHW``
+    (docs/accuracy.md: with a few dozen training images the per-activation affine overfits and
+    the image-wide statistics move every position's likelihood when part of a normal image looks
+    unusual).  Computed in NCHW, float32 statistics for reduced-precision inputs.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x):
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        var, mean = torch.var_mean(xf, dim=1, keepdim=True, correction=0)
+        y = (xf - mean) * torch.rsqrt(var + self.eps)
+        y = y * self.weight[:, None, None] + self.bias[:, None, None]
+        # like F.layer_norm under autocast: float32 out, so the flow runs on float32 inputs
+        return y if torch.is_autocast_enabled(x.device.type) else y.to(x.dtype)
+
+
+FLOW_NORMS = ("image", "channel")
+
+
 class FlowStage(nn.Module):
-    """One scale's discriminative flow: LayerNorm over ``[C, H, W]`` then ``steps`` coupling
-    steps (depthwise kernel 3 on even steps, 1 on odd steps).
+    """One scale's discriminative flow: an input normalisation then ``steps`` coupling steps
+    (depthwise kernel 3 on even steps, 1 on odd steps).
+
+    ``norm="image"`` is DADF's ``LayerNorm([C, H, W])``; ``norm="channel"`` normalises each
+    position over its channels (:class:`ChannelLayerNorm`, the lite preset's choice).
 
     Forward: ``(x [B, C, H, W], compute_logdet=True) -> (z [B, C, H, W], logdet [B])``;
     with ``compute_logdet=False`` (inference) logdet is None.
     """
 
-    def __init__(self, channels: int, size, steps: int = 8, clamp: float = 2.0, backend: str = "auto"):
+    def __init__(self, channels: int, size, steps: int = 8, clamp: float = 2.0, backend: str = "auto",
+                 norm: str = "image"):
         super().__init__()
+        if norm not in FLOW_NORMS:
+            raise ValueError(f"norm must be one of {FLOW_NORMS}, got {norm!r}")
         h, w = (size, size) if isinstance(size, int) else size
         self.channels, self.size = channels, (int(h), int(w))
-        self.norm = nn.LayerNorm([channels, h, w])
+        self.norm = nn.LayerNorm([channels, h, w]) if norm == "image" else ChannelLayerNorm(channels)
         self.steps = nn.ModuleList(
             AllInOneCoupling(channels, kernel_size=3 if i % 2 == 0 else 1, affine_clamping=clamp, backend=backend)
             for i in range(steps)
@@ -194,4 +232,4 @@ class FlowStage(nn.Module):
         return z
 
 
-__all__ = ["AllInOneCoupling", "FlowStage", "coupling_subnet", "SOFT_PERMUTATION_REASON"]
+__all__ = ["AllInOneCoupling", "ChannelLayerNorm", "FlowStage", "FLOW_NORMS", "coupling_subnet", "SOFT_PERMUTATION_REASON"]

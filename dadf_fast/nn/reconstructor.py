@@ -111,9 +111,11 @@ class Reconstructor(nn.Module):
 
 
 def reconstruction_loss(feats, local, glob):
-    """Stage-1 loss: sum over scales of ``MSE(R_l, F) + MSE(R_g, F)``."""
+    """Stage-1 loss: sum over scales of ``MSE(R_l, F) + MSE(R_g, F)`` (accumulated in float32
+    when the maps are bfloat16/float16, as under ``DADF(dtype="bf16")``)."""
     total = 0.0
     for f, rl, rg in zip(feats, local, glob):
+        f, rl, rg = (t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in (f, rl, rg))
         total = total + torch.mean((rl - f) ** 2) + torch.mean((rg - f) ** 2)
     return total
 

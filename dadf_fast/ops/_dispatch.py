@@ -7,6 +7,7 @@ that can run the inputs; an explicit backend that cannot run raises instead.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Callable
 
@@ -85,6 +86,16 @@ def lazy(module: str, attr: str, what: str):
         return cache["impl"]
 
     return load
+
+
+def autocast_off(device: torch.device):
+    """Context for the float32-accumulating ops (coupling epilogue, NLL, scoring): their
+    contract is float32 in, float32 out, so under a mixed-precision ``torch.autocast`` region
+    (``DADF(dtype="bf16")``) the reference bodies must not be recast (the dense permutation
+    conv of the torch coupling would otherwise round ``x`` to bfloat16)."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def check_float(name: str, t: torch.Tensor) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .. import reference
-from ._dispatch import Op, check_float, check_same, lazy
+from ._dispatch import Op, autocast_off, check_float, check_same, lazy
 
 
 def _dtype_reasons(backend, device_type, dtype):
@@ -76,9 +76,10 @@ def affine_coupling(x, a, g, b, perm, clamp=2.0, a_scale=0.1, reverse=False, bac
     if not clamp > 0:
         raise ValueError(f"affine_coupling: clamp must be > 0, got {clamp}")
     name, impl = OP.select(backend, x.device, x.dtype)
-    if compute_logdet:
-        return impl(x, a, g, b, perm, float(clamp), float(a_scale), bool(reverse))
-    if name == "cpp":
-        return impl(x, a, g, b, perm, float(clamp), float(a_scale), bool(reverse), False)
-    y, _ = impl(x, a, g, b, perm, float(clamp), float(a_scale), bool(reverse))
+    with autocast_off(x.device):
+        if compute_logdet:
+            return impl(x, a, g, b, perm, float(clamp), float(a_scale), bool(reverse))
+        if name == "cpp":
+            return impl(x, a, g, b, perm, float(clamp), float(a_scale), bool(reverse), False)
+        y, _ = impl(x, a, g, b, perm, float(clamp), float(a_scale), bool(reverse))
     return y, None

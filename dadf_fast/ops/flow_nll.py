@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .. import reference
-from ._dispatch import Op, check_float, check_same, lazy
+from ._dispatch import Op, autocast_off, check_float, check_same, lazy
 
 
 def _dtype_reasons(backend, device_type, dtype):
@@ -37,4 +37,5 @@ def flow_nll(z, logdet, backend="auto"):
     if tuple(logdet.shape) != (z.shape[0],):
         raise ValueError(f"flow_nll: logdet must have shape [{z.shape[0]}] (one per sample of z), got {tuple(logdet.shape)}")
     _, impl = OP.select(backend, z.device, z.dtype)
-    return impl(z, logdet)
+    with autocast_off(z.device):
+        return impl(z, logdet)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .. import reference
-from ._dispatch import Op, check_float, check_same, lazy
+from ._dispatch import Op, autocast_off, check_float, check_same, lazy
 
 REDUCTIONS = ("max", "mean")
 
@@ -64,4 +64,5 @@ def multiscale_score(zs, out_size, reduce="max", backend="auto"):
     if reduce not in REDUCTIONS:
         raise ValueError(f"multiscale_score: reduce must be one of {REDUCTIONS}, got {reduce!r}")
     _, impl = OP.select(backend, zs[0].device, zs[0].dtype)
-    return impl(list(zs), size, reduce)
+    with autocast_off(zs[0].device):
+        return impl(list(zs), size, reduce)
