@@ -6,7 +6,7 @@ scales and training length, with the metrics tracked along one training run.
 
 For each category (the accuracy harness's photos and the demo's textures, data from
 :func:`dadf_fast.synthetic.make_dataset`, seed 0) the backbone features and a stage-1
-reconstructor (4 epochs, the lite recipe) are computed once and cached under ``--out`` as the
+reconstructor (``--epochs-recon``, default 4 as the lite recipe) are computed once and cached under ``--out`` as the
 flow inputs ``cat(F, R_l, R_g)`` of the train and test images.  A variant then only trains the
 flows (Adam, weight decay 1e-5, batch 16, gradient clipping 1.0, seed 0, as
 :func:`dadf_fast.training.fit`) and evaluates image / pixel AUROC at the epochs of
@@ -30,12 +30,12 @@ HARNESS = ("coins", "hubble_deep_field", "moon", "retina")
 DEMO = ("brick", "grass", "gravel")
 
 
-def _cache(cat: str, out: str) -> dict:
+def _cache(cat: str, out: str, epochs_recon: int = 4) -> dict:
     from dadf_fast import DADF
     from dadf_fast.data import MVTecAD
     from dadf_fast.synthetic import make_dataset
 
-    path = os.path.join(out, f"{cat}.pt")
+    path = os.path.join(out, f"{cat}_recon{epochs_recon}.pt")
     if os.path.exists(path):
         return torch.load(path, weights_only=False)
     root = os.path.join(out, "data")
@@ -44,7 +44,7 @@ def _cache(cat: str, out: str) -> dict:
     train, test = MVTecAD(root, cat, "train"), MVTecAD(root, cat, "test")
     torch.manual_seed(0)
     model = DADF("lite", flow_norm="image")
-    model.fit(train, recipe="lite", epochs_flow=0, progress=False, log=lambda *a: None)
+    model.fit(train, recipe="lite", epochs_recon=epochs_recon, epochs_flow=0, progress=False, log=lambda *a: None)
     model.eval()
 
     def flow_inputs(ds):
@@ -108,13 +108,14 @@ def main(argv=None) -> int:
     p.add_argument("--evals", type=int, nargs="+", default=[48, 96, 144], help="epochs (3 steps each) to score at")
     p.add_argument("--sigmas", type=float, nargs="+", default=[4.0], help="smoothing sigmas to score with")
     p.add_argument("--out", default="runs/ablation_flow", help="data and cached flow inputs")
+    p.add_argument("--epochs-recon", type=int, default=4, help="stage-1 epochs of the cached reconstructor")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
     table = {}
     for cat in args.cats:
-        data = _cache(cat, args.out)
+        data = _cache(cat, args.out, args.epochs_recon)
         t0 = time.perf_counter()
         table[cat] = _variant(args, data, cat)
         print(f"{cat:<18} " + "  ".join(f"e{e} s{s:g}: {i:.3f}/{px:.3f}" for e, r in table[cat].items()
@@ -128,7 +129,7 @@ def main(argv=None) -> int:
                     img = np.mean([table[c][e][s][0] for c in cats])
                     pix = np.mean([table[c][e][s][1] for c in cats])
                     print(f"mean {name} ({len(cats)}) epoch {e} sigma {s:g}: image AUROC {img:.3f}  pixel AUROC {pix:.3f}")
-    print(f"settings: norm={args.norm} lr={args.lr} scales={args.scales}")
+    print(f"settings: norm={args.norm} lr={args.lr} scales={args.scales} epochs_recon={args.epochs_recon}")
     return 0
 
 
