@@ -48,9 +48,10 @@ class DADF(nn.Module):
             or ``"channel"`` (per position over channels; the lite preset's, docs/accuracy.md).
         dtype: compute precision, ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``
             (also ``"bf16"``/``"fp16"``): mixed precision through ``torch.autocast`` for the
-            backbone, the transformer and the flow subnets, while the weights, the flow input
-            norm, the coupling epilogue, log-det, NLL and scoring stay float32 (the coupling
-            ops receive float32 ``x`` and the subnet output cast up).
+            backbone, the transformer blocks and the flow subnets, while the weights, the
+            transformer's patch embedding and decoders, the flow input norm, the coupling
+            epilogue, log-det, NLL and scoring stay float32 (the coupling ops receive float32
+            ``x`` and the subnet output cast up).  Demo accuracy: docs/accuracy.md.
 
     ``forward(images [B,3,S,S])``: in training mode returns the stage losses
     (``stage=1``: reconstruction, ``stage=2``: flows, ``None``: both, as ``loss_recon``,
