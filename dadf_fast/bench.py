@@ -203,8 +203,6 @@ def _make_task(model, task, variant, x, cache):
                 return model.flow_loss(inp)
 
         arg = inputs
-    if variant == "auto-graph":
-        raise ValueError("auto-graph times inference only (training steps are not captured)")
     if compiling:
         loss_fn = torch.compile(loss_fn)
 

@@ -1,11 +1,10 @@
 """The dual-attention reconstruction transformer (DADF stage 2 of the model)."""
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn as nn
 
+from ..ops._dispatch import autocast_off
 from .attention import DualBlock
 
 
@@ -101,7 +100,7 @@ class Reconstructor(nn.Module):
         # reaches the reconstructions the flows score: with them in bf16 the demo's image
         # AUROC drops 5.5 points, with them in float32 it is within 0.2 of float32
         # (docs/accuracy.md).  The blocks (attention, MLPs) stay in the autocast dtype.
-        with _float32(feats[0]):
+        with autocast_off(feats[0].device):
             x = torch.cat([emb(f.float()).flatten(2) for emb, f in zip(self.patch_embed, feats)], dim=1)
         x = x.transpose(1, 2) + self.pos_embed
         m = (self.memory + self.pos_embed).expand(x.shape[0], -1, -1)
@@ -109,20 +108,13 @@ class Reconstructor(nn.Module):
             x, m = blk(x, m)
         n = x.shape[1]
         local, glob = [], []
-        with _float32(x):
+        with autocast_off(x.device):
             s = self.norm(torch.cat((x, m), dim=1).float())
             for i, dec in enumerate(self.decoders):
                 r = dec(s)
                 local.append(self._unpatchify(r[:, :n], i))
                 glob.append(self._unpatchify(r[:, n:], i))
         return local, glob
-
-
-def _float32(t: torch.Tensor):
-    """Autocast off for the float32 parts of the reconstructor (a no-op outside autocast)."""
-    if torch.is_autocast_enabled(t.device.type):
-        return torch.autocast(t.device.type, enabled=False)
-    return contextlib.nullcontext()
 
 
 def reconstruction_loss(feats, local, glob):
