@@ -36,3 +36,38 @@ def atomic_torch_save(obj, path) -> None:
 def atomic_write_text(path, text: str) -> None:
     with atomic_open(path, "w") as f:
         f.write(text)
+
+
+
+def unique_output_stems(paths) -> list[str]:
+    """One output file stem per input path, never two alike (compared case-insensitively,
+    for case-insensitive file systems).
+
+    The stem is the input's file stem (``a.png`` -> ``a``, as the MVTec evaluation layout
+    expects). When inputs share a stem but not an extension, each of them gets its
+    extension appended (``a.png`` -> ``a_png``, ``a.jpg`` -> ``a_jpg``); names that still
+    collide (the same file name in two folders) keep the first as it is and give the
+    others ``_1``, ``_2``, ... in input order, skipping names already taken. The result
+    depends only on the list of paths, so a rerun names the same files the same way.
+    """
+    names = [os.path.basename(os.fspath(p)) for p in paths]
+    split = [os.path.splitext(n) for n in names]
+    exts_of: dict[str, set] = {}
+    for stem, ext in split:
+        exts_of.setdefault(stem.lower(), set()).add(ext.lower())
+    first = [f"{stem}_{ext.lstrip('.')}" if len(exts_of[stem.lower()]) > 1 and ext else stem
+             for stem, ext in split]
+    taken = {s.lower() for s in first}
+    used: set = set()
+    out = []
+    for s in first:
+        name = s
+        if name.lower() in used:
+            k = 1
+            while f"{s}_{k}".lower() in taken:
+                k += 1
+            name = f"{s}_{k}"
+            taken.add(name.lower())
+        used.add(name.lower())
+        out.append(name)
+    return out

@@ -65,6 +65,7 @@ __all__ = [
     "normalize",
     "flip_augment",
     "list_categories",
+    "list_images",
     "load_rgb",
 ]
 
@@ -101,6 +102,12 @@ def _is_image(p: Path) -> bool:
 def _list_images(folder: Path) -> list[Path]:
     """Image files directly inside ``folder``, sorted by name (deterministic order)."""
     return sorted((p for p in folder.iterdir() if _is_image(p)), key=lambda p: p.name)
+
+
+def list_images(folder) -> list[Path]:
+    """The image files directly inside ``folder`` (known extensions; hidden files such as
+    macOS ``._x.png`` and folders named like images left out), sorted by name."""
+    return _list_images(Path(folder))
 
 
 def _require_dir(folder: Path, what: str) -> Path:
