@@ -3,7 +3,8 @@
 // Importing dadf_fast._C loads this library, which registers the schemas below in the
 // `dadf_fast` namespace (torch.ops.dadf_fast.*); the CPU kernels (csrc/cpu/) and the CUDA
 // kernels (csrc/cuda/, when built) register their implementations for the same names.
-// Fake (meta) kernels and autograd formulas are registered from Python (dadf_fast/cpp.py).
+// Fake (meta) kernels and autograd formulas (all three ops, multiscale_score included) are
+// registered from Python (dadf_fast/cpp.py).
 #include <Python.h>
 #include <torch/library.h>
 
@@ -33,12 +34,6 @@ TORCH_LIBRARY(dadf_fast, m) {
   m.def("flow_nll_bwd(Tensor grad, Tensor z) -> (Tensor, Tensor)");
   // Anomaly map [B,1,H,W] = 1 - mean_s upsample(exp(-0.5 mean_c z_s^2)) and per-image score.
   m.def("multiscale_score(Tensor[] zs, int H, int W, str reduce) -> (Tensor, Tensor)");
-}
-
-// multiscale_score is an inference op (no gradient): its outputs do not require grad, and
-// tracing a graph that also differentiates other ops does not warn about it.
-TORCH_LIBRARY_IMPL(dadf_fast, Autograd, m) {
-  m.impl("multiscale_score", torch::CppFunction::makeFallthrough());
 }
 
 namespace {

@@ -3,6 +3,7 @@ __version__ = "0.1.0"
 
 from . import ops, reference
 from ._backends import BackendUnavailable, backends
-from .model import DADF, CUDAGraphInference
+from .model import DADF, CheckpointError, CUDAGraphInference, NonFiniteOutputError
 
-__all__ = ["DADF", "CUDAGraphInference", "ops", "reference", "backends", "BackendUnavailable", "__version__"]
+__all__ = ["DADF", "CUDAGraphInference", "ops", "reference", "backends", "BackendUnavailable",
+           "CheckpointError", "NonFiniteOutputError", "__version__"]

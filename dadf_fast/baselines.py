@@ -16,6 +16,7 @@ ImageNet backbone features DADF uses:
 """
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import time
@@ -26,29 +27,16 @@ import torch.nn.functional as F
 
 from ._io import atomic_torch_save
 from .model.backbone import Backbone
+from .model.checkpoint import CheckpointError, first_nonfinite, read_checkpoint_file, state_dict_mismatch
 from .model.dadf import CHECKPOINT_FORMAT as DADF_FORMAT
 from .model.dadf import DADF
+from .model.inputs import check_finite_output, check_images, check_sigma, stack_train_images
 from .model.postprocess import gaussian_smooth
 
 KNN_FORMAT = "dadf-fast-knn"
 KNN_VERSION = 1
 PROJECTION_DIM = 128          # random projection used by the greedy coreset selection
 _CDIST_ELEMENTS = 1 << 22     # distance-matrix block size (4M floats = 16 MB)
-
-
-def _images_of(data) -> torch.Tensor:
-    """``[N, 3, S, S]`` images from a tensor or a dataset of dicts / tensors / tuples."""
-    if isinstance(data, torch.Tensor):
-        return data
-    if not hasattr(data, "__getitem__") or not hasattr(data, "__len__"):
-        raise TypeError("train_data must be a tensor [N, 3, S, S] or a dataset of images")
-    if len(data) == 0:
-        raise ValueError("train_data is empty: at least one normal image is needed")
-    imgs = []
-    for i in range(len(data)):
-        it = data[i]
-        imgs.append(it["image"] if isinstance(it, dict) else (it[0] if isinstance(it, (tuple, list)) else it))
-    return torch.stack(imgs)
 
 
 def nearest_distances(queries: torch.Tensor, memory: torch.Tensor, max_elements: int = _CDIST_ELEMENTS) -> torch.Tensor:
@@ -126,14 +114,13 @@ class KNNDetector(nn.Module):
                  coreset_ratio: float = 1.0, smooth_sigma: float = 4.0, seed: int = 0,
                  backbone_weights: str | None = None):
         super().__init__()
-        if not isinstance(input_size, int) or input_size < 32 or input_size % 16:
+        if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 32 or input_size % 16:
             raise ValueError(f"input_size must be an int >= 32 and a multiple of 16, got {input_size!r}")
+        if isinstance(coreset_ratio, bool) or not isinstance(coreset_ratio, (int, float)) \
+                or not 0.0 < float(coreset_ratio) <= 1.0:
+            raise ValueError(f"coreset_ratio must be a number in (0, 1], got {coreset_ratio!r}")
         coreset_ratio = float(coreset_ratio)
-        if not 0.0 < coreset_ratio <= 1.0:
-            raise ValueError(f"coreset_ratio must be in (0, 1], got {coreset_ratio}")
-        smooth_sigma = float(smooth_sigma)
-        if smooth_sigma < 0:
-            raise ValueError(f"smooth_sigma must be >= 0, got {smooth_sigma}")
+        smooth_sigma = check_sigma(smooth_sigma, "smooth_sigma")
         self.config = dict(backbone=backbone, input_size=input_size, coreset_ratio=coreset_ratio,
                            smooth_sigma=smooth_sigma, seed=int(seed), pretrained=bool(pretrained))
         self.backbone = Backbone(backbone, pretrained=pretrained, weights=backbone_weights)
@@ -150,9 +137,17 @@ class KNNDetector(nn.Module):
         """Side of the patch grid (stride 8)."""
         return self.input_size // 8
 
-    def check_images(self, images) -> None:
-        """Raise a clear error unless ``images`` is a finite float ``[B, 3, S, S]`` batch."""
-        DADF.check_images(self, images)
+    def check_images(self, images, name: str = "images") -> None:
+        """Raise a one-line error (naming ``name``) unless ``images`` is a finite
+        floating-point ``[B, 3, S, S]`` batch (any float dtype: it is cast to the backbone's)."""
+        check_images(images, self.input_size, name)
+
+    def _as_model_input(self, images):
+        param = next(self.backbone.parameters())
+        if images.device != param.device:
+            raise ValueError(f"images are on {images.device} but the model is on {param.device}; "
+                             f"move them first (images.to({str(param.device)!r}))")
+        return images if images.dtype == param.dtype else images.to(param.dtype)
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -174,7 +169,9 @@ class KNNDetector(nn.Module):
     # ------------------------------------------------------------------ inference
     def forward(self, images, smooth_sigma: float | None = None):
         self.check_images(images)
-        dist = self.patch_scores(images)[:, None]
+        if smooth_sigma is not None:
+            smooth_sigma = check_sigma(smooth_sigma, "smooth_sigma")
+        dist = self.patch_scores(self._as_model_input(images))[:, None]
         amap = F.interpolate(dist, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
         sigma = self.config["smooth_sigma"] if smooth_sigma is None else smooth_sigma
         if sigma:
@@ -184,12 +181,22 @@ class KNNDetector(nn.Module):
     @torch.no_grad()
     def predict(self, images, batch_size: int | None = None, smooth_sigma: float | None = None):
         """Anomaly maps and scores for ``images [B, 3, S, S]``; ``smooth_sigma`` overrides the
-        configured smoothing.  Returns ``{"anomaly_map": [B, 1, S, S], "score": [B]}``."""
+        configured smoothing.  Returns ``{"anomaly_map": [B, 1, S, S], "score": [B]}``; raises
+        rather than return NaN or Inf."""
         self.check_images(images)
+        if images.shape[0] == 0:
+            raise ValueError(f"images is an empty batch (shape {tuple(images.shape)}): nothing to predict")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size < 1):
+            raise ValueError(f"batch_size must be None or a positive int, got {batch_size!r}")
         if self.memory.shape[0] == 0:
             raise RuntimeError("KNNDetector has an empty memory bank: call fit() (or load a fitted model) first")
         chunks = [images] if batch_size is None else torch.split(images, batch_size)
-        outs = [self(c, smooth_sigma=smooth_sigma) for c in chunks]
+        outs, start = [], 0
+        for c in chunks:
+            outs.append(self(c, smooth_sigma=smooth_sigma))
+            check_finite_output(outs[-1], "KNNDetector", offset=start)
+            start += c.shape[0]
         return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
 
     # ------------------------------------------------------------------ training
@@ -204,21 +211,22 @@ class KNNDetector(nn.Module):
         fitted detector is written to ``out_dir/model.pt``.  Returns ``{"memory_size",
         "n_patches", "seconds": {"features", "coreset"}}``.
         """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        images = stack_train_images(train_data, self.input_size, "train_data")
         if seed is not None:
             self.config["seed"] = int(seed)
         log = log or (lambda *a: None)
-        images = _images_of(train_data)
-        self.check_images(images[:1])
         device = next(self.backbone.parameters()).device
         t0 = time.perf_counter()
-        chunks = torch.split(images, max(1, int(batch_size)))
+        chunks = torch.split(images, batch_size)
         if progress:
             from tqdm.auto import tqdm
 
             chunks = tqdm(chunks, desc="knn features", leave=False, dynamic_ncols=True)
         embs = []
         for chunk in chunks:
-            e = self.embed(chunk.to(device))
+            e = self.embed(self._as_model_input(chunk.to(device)))
             embs.append(e.permute(0, 2, 3, 1).reshape(-1, e.shape[1]))
         bank = torch.cat(embs)
         seconds = {"features": time.perf_counter() - t0}
@@ -251,62 +259,83 @@ class KNNDetector(nn.Module):
 
     @classmethod
     def _check_payload(cls, payload, path: str) -> None:
-        if not isinstance(payload, dict) or payload.get("format") != KNN_FORMAT:
-            raise ValueError(f"checkpoint {path!r} is not a dadf-fast kNN checkpoint (no 'format': {KNN_FORMAT!r} entry)")
+        fmt = payload.get("format") if isinstance(payload, dict) else None
+        if fmt == DADF_FORMAT:
+            raise CheckpointError(f"checkpoint {path!r} is a DADF checkpoint, not a kNN one; open it with DADF.load "
+                                  "or dadf_fast.baselines.load_detector")
+        if fmt != KNN_FORMAT:
+            what = f"its format is {fmt!r}" if fmt is not None else "it has no 'format' entry"
+            raise CheckpointError(f"checkpoint {path!r} is not a dadf-fast kNN checkpoint ({what}, expected "
+                                  f"{KNN_FORMAT!r})")
         if payload.get("version") != KNN_VERSION:
-            raise ValueError(f"checkpoint {path!r} has kNN version {payload.get('version')!r}; this dadf-fast reads "
-                             f"{KNN_VERSION}")
+            raise CheckpointError(f"checkpoint {path!r} has kNN version {payload.get('version')!r}; this dadf-fast "
+                                  f"reads {KNN_VERSION}")
         if not isinstance(payload.get("config"), dict) or not isinstance(payload.get("memory"), torch.Tensor):
-            raise ValueError(f"checkpoint {path!r} is missing its config or memory bank")
+            raise CheckpointError(f"checkpoint {path!r} is missing its config or memory bank")
+        backbone_sd = payload.get("backbone")
+        if backbone_sd is not None and not isinstance(backbone_sd, dict):
+            raise CheckpointError(f"checkpoint {path!r} has a {type(backbone_sd).__name__} as its backbone weights, "
+                                  "not a dict of tensors")
+        tensors = {"memory": payload["memory"], **{f"backbone.{k}": v for k, v in (backbone_sd or {}).items()}}
+        bad = first_nonfinite(tensors)
+        if bad is not None:
+            raise CheckpointError(f"checkpoint {path!r}: {bad!r} holds NaN or Inf values (it is damaged)")
 
     @classmethod
     def _from_payload(cls, payload, path: str, map_location="cpu") -> "KNNDetector":
         cls._check_payload(payload, path)
         cfg = dict(payload["config"])
         cfg.pop("pretrained", None)
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "pretrained", "backbone_weights"}
+        unknown = sorted(set(cfg) - accepted)
+        if unknown:
+            raise CheckpointError(f"checkpoint {path!r} has unknown config entries {unknown} "
+                                  "(written by a newer dadf-fast?)")
         backbone_sd = payload.get("backbone")
         try:
-            # with the backbone weights in the file nothing is downloaded; older/foreign
-            # files without them fall back to the pretrained weights
+            # with the backbone weights in the file nothing is downloaded; older files
+            # without them take the pretrained weights
             model = cls(pretrained=backbone_sd is None, **cfg)
-            if backbone_sd is not None:
-                model.backbone.load_state_dict(backbone_sd)
-            memory = payload["memory"]
-            if memory.dim() != 2 or memory.shape[1] != model.feature_dim:
-                raise ValueError(f"memory bank of shape {tuple(memory.shape)} does not fit feature dim {model.feature_dim}")
-            model.memory = memory.float().contiguous()
-            model.config["pretrained"] = bool(payload["config"].get("pretrained", backbone_sd is None))
-        except (TypeError, KeyError, RuntimeError, ValueError) as exc:
-            raise ValueError(f"checkpoint {path!r} does not match its config: {exc}") from exc
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {path!r} has an invalid config: {exc}") from exc
+        if backbone_sd is not None:
+            problem = state_dict_mismatch(model.backbone.state_dict(), backbone_sd)
+            if problem:
+                raise CheckpointError(f"checkpoint {path!r}: its backbone weights do not fit its config's backbone "
+                                      f"{model.config['backbone']!r}: {problem}")
+            model.backbone.load_state_dict(backbone_sd)
+        memory = payload["memory"]
+        if memory.dim() != 2 or memory.shape[0] == 0 or memory.shape[1] != model.feature_dim \
+                or not memory.is_floating_point():
+            raise CheckpointError(f"checkpoint {path!r}: its memory bank (shape {tuple(memory.shape)}, {memory.dtype}) "
+                                  f"is not a non-empty float [M, {model.feature_dim}] bank for backbone "
+                                  f"{model.config['backbone']!r}")
+        model.memory = memory.float().contiguous()
+        model.config["pretrained"] = bool(payload["config"].get("pretrained", backbone_sd is None))
         return model.to(map_location)
 
     @classmethod
     def load(cls, path, map_location="cpu") -> "KNNDetector":
-        """Rebuild a detector saved with :meth:`save` (``torch.load(weights_only=True)``)."""
-        return cls._from_payload(_read(path), os.fspath(path), map_location)
-
-
-def _read(path):
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path!r}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"checkpoint {path!r} is not a readable dadf-fast checkpoint ({type(exc).__name__}: {exc})") from exc
+        """Rebuild a detector saved with :meth:`save` (``torch.load(weights_only=True)``: no
+        code runs); refuses a damaged file (NaN/Inf, weights that do not fit) with one line."""
+        return cls._from_payload(read_checkpoint_file(path), os.fspath(path), map_location)
 
 
 def load_detector(path, backend: str = "auto", map_location="cpu"):
     """Open a checkpoint written by ``DADF.save`` or ``KNNDetector.save`` and return the
-    detector (``backend`` applies to DADF only)."""
-    payload = _read(path)
+    detector (``backend`` applies to DADF only).  Every unusable file (missing, a folder,
+    empty, truncated, corrupt, foreign, damaged weights) raises one line naming it."""
+    path = os.fspath(path)
+    payload = read_checkpoint_file(path)
     fmt = payload.get("format") if isinstance(payload, dict) else None
     if fmt == KNN_FORMAT:
-        return KNNDetector._from_payload(payload, os.fspath(path), map_location)
+        return KNNDetector._from_payload(payload, path, map_location)
     if fmt == DADF_FORMAT:
-        return DADF.load(path, backend=backend, map_location=map_location)
-    raise ValueError(f"checkpoint {os.fspath(path)!r} is neither a DADF ({DADF_FORMAT!r}) nor a kNN ({KNN_FORMAT!r}) "
-                     f"checkpoint (format: {fmt!r})")
+        DADF.check_payload(payload, path)
+        return DADF.from_checkpoint(payload, path, backend=backend, map_location=map_location)
+    what = f"its format is {fmt!r}" if fmt is not None else "it has no 'format' entry"
+    raise CheckpointError(f"checkpoint {path!r} is not a dadf-fast checkpoint ({what}; expected {DADF_FORMAT!r} "
+                          f"for DADF or {KNN_FORMAT!r} for kNN)")
 
 
 __all__ = ["KNNDetector", "load_detector", "greedy_coreset", "nearest_distances", "KNN_FORMAT"]

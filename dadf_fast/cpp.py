@@ -5,7 +5,8 @@ schemas and their CPU/CUDA kernels), then registers from Python:
 
 * fake (meta) kernels for every op, so ``torch.compile`` / FakeTensor tracing works;
 * autograd formulas for ``affine_coupling_fwd`` and ``flow_nll_fwd`` (backward through the
-  C++ ``*_bwd`` kernels).
+  C++ ``*_bwd`` kernels) and for ``multiscale_score`` (backward from ATen ops: the adjoint
+  of the bilinear upsampling and the elementwise chain rule).
 
 It raises ImportError (with :func:`dadf_fast.backends`'s reason) when the extension is missing
 or stale; :mod:`dadf_fast.ops` turns that into ``BackendUnavailable``.
@@ -104,6 +105,47 @@ def _flow_nll_backward(ctx, grad):
 torch.library.register_autograd("dadf_fast::flow_nll_fwd", _flow_nll_backward, setup_context=_flow_nll_setup)
 
 
+def _multiscale_score_setup(ctx, inputs, output):
+    zs, h, w, reduce = inputs
+    amap, score = output
+    ctx.n_scales = len(zs)
+    ctx.size = (h, w)
+    ctx.reduce = reduce
+    ctx.save_for_backward(*zs, amap, score)
+
+
+def _multiscale_score_backward(ctx, grad_map, grad_score):
+    """Gradients of ``map = 1 - mean_s up(p_s)``, ``p_s = exp(-0.5 mean_c z_s^2)`` and of the
+    score (max: split evenly over the pixels equal to the max, as ``torch.amax``; mean:
+    ``1/(H*W)`` each), computed in float32 (float64 for float64) like the forward."""
+    *zs, amap, score = ctx.saved_tensors
+    h, w = ctx.size
+    acc = torch.float64 if amap.dtype == torch.float64 else torch.float32
+    bsz = amap.shape[0]
+    g = torch.zeros((bsz, 1, h, w), dtype=acc, device=amap.device) if grad_map is None else grad_map.to(acc)
+    if grad_score is not None:
+        gs = grad_score.to(acc).view(bsz, 1, 1, 1)
+        if ctx.reduce == "max":
+            hit = (amap == score.view(bsz, 1, 1, 1)).to(acc)
+            g = g + gs * hit / hit.sum(dim=(1, 2, 3), keepdim=True)
+        else:
+            g = g + gs / (h * w)
+    g_up = g / -ctx.n_scales  # d map / d up(p_s) = -1/S
+    grads = []
+    for z in zs:
+        zf = z.to(acc)
+        c, hs, ws = z.shape[1:]
+        p = torch.exp(-0.5 * zf.pow(2).mean(dim=1, keepdim=True))
+        gp = torch.ops.aten.upsample_bilinear2d_backward(g_up, [h, w], [bsz, 1, hs, ws], False, None, None)
+        grads.append((gp * p * zf * (-1.0 / c)).to(z.dtype))  # d p / d z = -p z / C
+    return grads, None, None, None
+
+
+torch.library.register_autograd(
+    "dadf_fast::multiscale_score", _multiscale_score_backward, setup_context=_multiscale_score_setup
+)
+
+
 # ---------------------------------------------------------------------------------------
 # Backend implementations (the signatures dadf_fast.ops hands over)
 # ---------------------------------------------------------------------------------------
@@ -125,7 +167,8 @@ def flow_nll(z, logdet):
 
 
 def multiscale_score(zs, size, reduce="max"):
-    """``(anomaly_map [B,1,H,W], score [B])`` through ``torch.ops.dadf_fast.multiscale_score``."""
+    """``(anomaly_map [B,1,H,W], score [B])`` through ``torch.ops.dadf_fast.multiscale_score``
+    (differentiable in ``zs``)."""
     if isinstance(size, int):
         size = (size, size)
     h, w = (int(v) for v in size)

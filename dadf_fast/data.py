@@ -18,10 +18,18 @@ key         value                           meaning
 
 :class:`MVTecLOCO` items add ``masks`` (float32 ``[K, H, W]``, one channel per ground
 truth file, ``K = 0`` for good images) and ``saturation`` (float32 ``[K]``, sPRO
-saturation areas in pixels of the resized mask). ``K`` varies between images, so batch
-LOCO test items with :func:`collate` (it keeps those two keys as lists).
+saturation areas in pixels of the resized mask: the official area of the full-size mask,
+``min(t, area)`` or ``int(t * area)``, times the pixel-count ratio, capped at the resized
+region's area). ``K`` varies between images, so batch LOCO test items with
+:func:`collate` (it keeps those two keys as lists).
 
 ``H, W`` is ``image_size`` (an int ``S`` gives ``S x S``; the model's input size).
+``dataset.ground_truth(i)`` gives item ``i``'s ground truth at the image's original size,
+unresized (what the official evaluation compares maps with).
+
+Pixel values: 8-bit images are used as they are; samples of more than 8 bits keep their
+top 8 bits, by the file's range (16-bit: 65535 -> 255) or by ``bit_depth`` (e.g. 12);
+float images must hold [0, 1]. See :func:`load_rgb`.
 
 Error policy, so that a bad file fails fast with its name rather than half-way
 through training:
@@ -48,6 +56,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+
+from .metrics import saturation_area
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -126,75 +136,177 @@ def _size_hw(image_size) -> tuple[int, int]:
     return h, w
 
 
-def _to_uint8_array(img: Image.Image) -> np.ndarray:
-    """Pixel array of a high-bit-depth or float image scaled to uint8 (``[H, W]``)."""
-    arr = np.asarray(img)
+# Pillow modes whose samples have more than 8 bits (or are floats); the others (L, P, RGB,
+# RGBA, ...) are 8-bit and converted by Pillow directly.
+_HIGH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def _check_bit_depth(bit_depth):
+    if bit_depth is None:
+        return None
+    if isinstance(bit_depth, bool) or not isinstance(bit_depth, (int, np.integer)) \
+            or not 8 <= int(bit_depth) <= 32:
+        raise ValueError(f"bit_depth must be None or an integer from 8 to 32 (the significant "
+                         f"bits of high-bit-depth images, e.g. 12), got {bit_depth!r}")
+    return int(bit_depth)
+
+
+def _to_uint8(arr: np.ndarray, bit_depth, path, container_bits: int | None = None) -> np.ndarray:
+    """Samples of any dtype -> uint8, by the format's range, never by the image's content.
+
+    * 8-bit samples are kept (``bit_depth`` does not apply to them).
+    * integer samples of a ``B``-bit container (16, 32; ``bit_depth`` overrides B, e.g. 12
+      for 12-bit camera data stored in 16 bits) keep their top 8 bits: ``v >> (B - 8)``,
+      so 65535 -> 255 and 257 * k -> k. That is how Pillow decodes 16-bit RGB files and how
+      scikit-image converts uint16, so every loader path gives the same pixels. Negative
+      values, or values that do not fit in B bits, are an error.
+    * float samples are intensities in [0, 1] (-> ``rint(v * 255)``); anything else is an
+      error (a per-image min-max would give the same pixel different values in
+      different images).
+    """
     if arr.dtype == np.uint8:
         return arr
-    arr = arr.astype(np.float64)
-    if np.issubdtype(np.asarray(img).dtype, np.floating):
-        # float images: [0, 1] convention if they fit, else min-max
-        if arr.min() < 0 or arr.max() > 1:
-            lo, hi = arr.min(), arr.max()
-            arr = (arr - lo) / max(hi - lo, 1e-12)
-        arr = arr * 255.0
-    elif arr.max() > 255:
-        # 16-bit (or 32-bit int holding 16-bit) data: PIL's convert("RGB") would clip
-        # everything above 255, so scale the full 16-bit range instead.
-        arr = arr / 257.0
-    return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8) * 255
+    if arr.dtype.kind in "iu":
+        container = container_bits or arr.dtype.itemsize * 8
+        if container <= 8:
+            if arr.size and arr.min() < 0:
+                raise ValueError(f"image {path} holds negative pixel values")
+            return arr.astype(np.uint8)
+        bits = container if bit_depth is None else bit_depth
+        if bits > container:
+            raise ValueError(f"bit_depth={bits} is more than the {container} bits per sample "
+                             f"of image {path}")
+        lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+        if lo < 0:
+            raise ValueError(f"image {path} holds negative pixel values (min {lo}); integer "
+                             f"images must hold intensities >= 0")
+        if hi >= 1 << bits:
+            hint = "" if bit_depth is None else " (is bit_depth too small?)"
+            raise ValueError(f"image {path} holds pixel values up to {hi}, more than "
+                             f"{bits}-bit data allows ({(1 << bits) - 1}){hint}")
+        return np.right_shift(arr, bits - 8).astype(np.uint8)
+    if arr.dtype.kind == "f":
+        if arr.size and not (np.isfinite(arr).all() and arr.min() >= 0 and arr.max() <= 1):
+            raise ValueError(f"image {path} is a float image with values outside [0, 1] "
+                             f"(min {float(np.nanmin(arr))}, max {float(np.nanmax(arr))}, or "
+                             f"non-finite); float images are read as intensities in [0, 1]: "
+                             f"rescale it, or store it as 8- or 16-bit integers")
+        return np.rint(arr.astype(np.float64) * 255.0).astype(np.uint8)
+    raise ValueError(f"image {path} has samples of unsupported type {arr.dtype}")
 
 
-def _pil_to_rgb(img: Image.Image) -> Image.Image:
+def _array_to_rgb(arr: np.ndarray, bit_depth, path, container_bits: int | None = None) -> Image.Image:
+    """``[H, W]``, ``[H, W, C]`` or channel-first ``[C, H, W]`` samples -> RGB image
+    (C = 1, 2 gray + alpha, 3, 4 RGBA; alpha dropped)."""
+    if arr.ndim == 3 and arr.shape[0] in (1, 2, 3, 4) and arr.shape[-1] not in (1, 2, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # channel-first TIFF
+    if arr.ndim == 3 and arr.shape[-1] in (1, 2):
+        arr = arr[..., 0]
+    elif arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        arr = arr[..., :3]
+    elif arr.ndim != 2:
+        raise ValueError(f"image {path} has samples of shape {arr.shape}; expected [H, W] or "
+                         f"[H, W, C] with C in 1..4")
+    arr = _to_uint8(np.ascontiguousarray(arr), bit_depth, path, container_bits)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=-1)
+    return Image.fromarray(np.ascontiguousarray(arr), mode="RGB")
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    return np.asarray(tifffile.imread(str(path)))
+
+
+def _is_tiff(path: Path) -> bool:
+    return path.suffix.lower() in (".tif", ".tiff")
+
+
+def _high_bit_rgb_png(img: Image.Image) -> bool:
+    """A 16-bit colour PNG: Pillow decodes only the top 8 bits of its samples."""
+    tile = getattr(img, "tile", None) or []
+    raw = tile[0][3] if tile and len(tile[0]) > 3 else None
+    raw = raw[0] if isinstance(raw, tuple) else raw
+    return isinstance(raw, str) and ";16" in raw and img.mode not in _HIGH_MODES
+
+
+def _decode(path: Path):
+    """Open ``path``: ``(loaded PIL image, is_16bit_colour_png)``, or raw samples (numpy)
+    for TIFFs with more than 8 bits per sample or that Pillow cannot read (tifffile keeps
+    every bit and the sample type)."""
+    try:
+        with Image.open(path) as img:
+            if _is_tiff(path):
+                bits = img.tag_v2.get(258, 8) if hasattr(img, "tag_v2") else 8
+                bits = max(bits) if isinstance(bits, tuple) else bits
+                if bits > 8:  # Pillow drops the low bits of colour samples, and keeps
+                    return _read_tiff(path)  # 32-bit ints in the same mode as 16-bit ones
+            high_png = _high_bit_rgb_png(img)  # the tile list is gone after load()
+            img.load()
+            return img.copy(), high_png  # a copy outlives the closed file
+    except Exception as err:  # noqa: BLE001 - any decoder failure becomes one clear error
+        if _is_tiff(path):
+            try:
+                return _read_tiff(path)
+            except Exception:  # noqa: BLE001
+                pass
+        raise ImageReadError(f"cannot read image file {path}: {err}") from err
+
+
+def load_rgb(path, bit_depth: int | None = None) -> Image.Image:
+    """Decode an image file to an RGB PIL image.
+
+    Grayscale, palette and RGBA images become RGB (alpha dropped). Samples of more than 8
+    bits keep their top 8 bits, by the container's range (16-bit: 65535 -> 255, whatever
+    the image holds); ``bit_depth`` names the significant bits instead, e.g. 12 for 12-bit
+    camera data stored in 16-bit files (4095 -> 255); it does not apply to 8-bit images.
+    Pillow's mode ``I`` images (e.g. 16-bit PGM) count as 16-bit; TIFFs of more than 8
+    bits per sample, and those Pillow cannot decode, are read with ``tifffile`` (their
+    own sample type decides: uint16 16 bits, (u)int32 32 bits). Float images must hold
+    intensities in [0, 1] (-> ``rint(v * 255)``).
+
+    Raises:
+        ImageReadError: the file cannot be decoded; the message names it.
+        ValueError: ``bit_depth`` is not None or 8..32, or the samples do not fit the rule
+            (negative, above the bit depth, float outside [0, 1]); the message names the file.
+    """
+    path = Path(path)
+    bit_depth = _check_bit_depth(bit_depth)
+    decoded = _decode(path)
+    if isinstance(decoded, np.ndarray):
+        return _array_to_rgb(decoded, bit_depth, path)
+    img, high_png = decoded
+    if high_png and bit_depth not in (None, 16):
+        raise ValueError(f"image {path} is a 16-bit colour PNG, which Pillow decodes to its "
+                         f"top 8 bits only, so bit_depth={bit_depth} cannot be applied; store "
+                         f"it as a 16-bit TIFF")
+    if img.mode in _HIGH_MODES:
+        # Pillow keeps 16-bit PGM/PNG samples in 32-bit mode "I": their container is 16 bits
+        return _array_to_rgb(np.asarray(img), bit_depth, path,
+                             container_bits=16 if img.mode == "I" else None)
     if img.mode == "RGB":
         return img
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        return Image.fromarray(_to_uint8_array(img), mode="L").convert("RGB")
     # L, LA, P, RGBA, CMYK, YCbCr, 1 ... : PIL converts directly. For RGBA/LA the alpha
     # channel is dropped (the colour values are kept), like torchvision's loaders.
     return img.convert("RGB")
 
 
-def _read_tiff(path: Path) -> Image.Image:
-    import tifffile
-
-    arr = np.asarray(tifffile.imread(str(path)))
-    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
-        arr = np.moveaxis(arr, 0, -1)  # channel-first TIFF
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.dtype != np.uint8:
-        if np.issubdtype(arr.dtype, np.floating):
-            a = arr.astype(np.float64)
-            if a.min() < 0 or a.max() > 1:
-                a = (a - a.min()) / max(a.max() - a.min(), 1e-12)
-            arr = np.clip(np.rint(a * 255), 0, 255).astype(np.uint8)
-        else:
-            arr = np.clip(np.rint(arr.astype(np.float64) / (257.0 if arr.max() > 255 else 1.0)),
-                          0, 255).astype(np.uint8)
-    if arr.ndim == 3 and arr.shape[-1] == 4:
-        arr = arr[..., :3]
-    return Image.fromarray(arr)
-
-
-def load_rgb(path) -> Image.Image:
-    """Decode an image file to an RGB PIL image.
-
-    Grayscale, palette, 16-bit and RGBA images become RGB (alpha dropped). TIFFs that PIL
-    cannot decode (e.g. float or multi-channel) are read with ``tifffile``.
-
-    Raises:
-        ImageReadError: the file cannot be decoded; the message names it.
-    """
-    path = Path(path)
+def _original_size(path: Path) -> tuple[int, int]:
+    """``(H, W)`` of an image file, from its header when Pillow can read it."""
     try:
         with Image.open(path) as img:
-            img.load()
-            return _pil_to_rgb(img)
-    except Exception as err:  # noqa: BLE001 - any decoder failure becomes one clear error
-        if path.suffix.lower() in (".tif", ".tiff"):
+            w, h = img.size
+            return h, w
+    except Exception as err:  # noqa: BLE001
+        if _is_tiff(path):
             try:
-                return _pil_to_rgb(_read_tiff(path))
+                arr = _read_tiff(path)
+                if arr.ndim == 3 and arr.shape[0] in (1, 2, 3, 4) and arr.shape[-1] not in (1, 2, 3, 4):
+                    return arr.shape[1], arr.shape[2]
+                return arr.shape[0], arr.shape[1]
             except Exception:  # noqa: BLE001
                 pass
         raise ImageReadError(f"cannot read image file {path}: {err}") from err
@@ -325,8 +437,9 @@ class _ImageDataset(Dataset):
 
     split: str
 
-    def __init__(self, image_size, augment, skip_unreadable, default_skip: bool):
+    def __init__(self, image_size, augment, skip_unreadable, default_skip: bool, bit_depth=None):
         self.image_size = _size_hw(image_size)
+        self.bit_depth = _check_bit_depth(bit_depth)
         if augment is not None and not callable(augment):
             raise TypeError("augment must be a callable on a PIL image, or None")
         self.augment = augment
@@ -376,7 +489,7 @@ class _ImageDataset(Dataset):
 
     def load_image(self, path) -> torch.Tensor:
         """Image file -> float32 ``[3, H, W]`` ImageNet-normalised (no augmentation)."""
-        return self._image_tensor(load_rgb(path))
+        return self._image_tensor(load_rgb(path, self.bit_depth))
 
     def _image_tensor(self, img: Image.Image) -> torch.Tensor:
         h, w = self.image_size
@@ -388,7 +501,7 @@ class _ImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         rec = self.records[index]
-        img = load_rgb(rec.path)
+        img = load_rgb(rec.path, self.bit_depth)
         if self.augment is not None:
             img = self.augment(img)
         item = {
@@ -400,6 +513,39 @@ class _ImageDataset(Dataset):
         }
         item.update(self._extra(rec, item))
         return item
+
+    def ground_truth(self, index: int) -> dict:
+        """Ground truth of item ``index`` at the image's original resolution (nothing
+        resized), as the official MVTec evaluation compares it.
+
+        Returns:
+            ``{"size": (H0, W0), "mask": bool [H0, W0]}`` (the union of the masks; all
+            False for good and unlabelled images). :class:`MVTecLOCO` adds ``"masks"``
+            (list of K bool ``[H0, W0]``, one per mask file) and ``"saturation"``
+            (float64 ``[K]``, the official sPRO saturation areas of those masks; NaN
+            without a ``defects_config.json``).
+
+        Raises:
+            DatasetError: a mask's size differs from its image's (the official scripts
+                refuse such pairs too).
+        """
+        rec = self.records[index]
+        size = _original_size(rec.path)
+        union = np.zeros(size, dtype=bool)
+        arrays = []
+        for p in rec.mask_paths:
+            arr = _load_mask_array(p)
+            if arr.shape[:2] != size:
+                raise DatasetError(f"mask {p} is {arr.shape[1]}x{arr.shape[0]} pixels but its "
+                                   f"image {rec.path} is {size[1]}x{size[0]}")
+            arrays.append(arr)
+            union |= arr > 0
+        out = {"size": size, "mask": union}
+        out.update(self._extra_ground_truth(rec, arrays))
+        return out
+
+    def _extra_ground_truth(self, rec: _Record, arrays: list) -> dict:
+        return {}
 
     def _union_mask(self, rec: _Record) -> torch.Tensor:
         h, w = self.image_size
@@ -449,6 +595,8 @@ class MVTecAD(_ImageDataset):
         augment: callable on the PIL RGB image, train split only (see :func:`flip_augment`).
         skip_unreadable: drop undecodable files with a warning (recorded in ``skipped``);
             default True for ``test``, False for ``train`` (load-time error instead).
+        bit_depth: significant bits of high-bit-depth images (e.g. 12 for 12-bit data in
+            16-bit files); None: the file's own sample size. See :func:`load_rgb`.
 
     Items: see the module docstring. Ground truth masks may also be named ``<name>.png``.
 
@@ -457,10 +605,12 @@ class MVTecAD(_ImageDataset):
     """
 
     def __init__(self, root, category: str, split: str = "train", image_size=256,
-                 augment: Callable | None = None, skip_unreadable: bool | None = None):
+                 augment: Callable | None = None, skip_unreadable: bool | None = None,
+                 bit_depth: int | None = None):
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        super().__init__(image_size, augment, skip_unreadable, default_skip=(split != "train"))
+        super().__init__(image_size, augment, skip_unreadable, default_skip=(split != "train"),
+                         bit_depth=bit_depth)
         self.root, self.category, self.split = Path(root), category, split
         cat = _category_dir(root, category)
         self.category_dir = cat
@@ -535,7 +685,7 @@ class MVTecLOCO(_ImageDataset):
     instance) and ``defects_config.json`` sits at the category root.
 
     Args:
-        root, category, image_size, augment, skip_unreadable: as :class:`MVTecAD`.
+        root, category, image_size, augment, skip_unreadable, bit_depth: as :class:`MVTecAD`.
         split: ``"train"``, ``"validation"`` or ``"test"``.
 
     Items add ``masks`` (float32 ``[K, H, W]``, the separate binarised masks, ``K = 0``
@@ -552,10 +702,12 @@ class MVTecLOCO(_ImageDataset):
     collate = staticmethod(collate)
 
     def __init__(self, root, category: str, split: str = "train", image_size=256,
-                 augment: Callable | None = None, skip_unreadable: bool | None = None):
+                 augment: Callable | None = None, skip_unreadable: bool | None = None,
+                 bit_depth: int | None = None):
         if split not in ("train", "validation", "test"):
             raise ValueError(f"split must be 'train', 'validation' or 'test', got {split!r}")
-        super().__init__(image_size, augment, skip_unreadable, default_skip=(split != "train"))
+        super().__init__(image_size, augment, skip_unreadable, default_skip=(split != "train"),
+                         bit_depth=bit_depth)
         self.root, self.category, self.split = Path(root), category, split
         cat = _category_dir(root, category)
         self.category_dir = cat
@@ -601,6 +753,22 @@ class MVTecLOCO(_ImageDataset):
         raise DatasetError(f"mask {path} has pixel value {value}, which no entry of "
                            f"{self.category_dir / 'defects_config.json'} lists")
 
+    def _saturation(self, arr: np.ndarray, path: Path) -> float:
+        """Official saturation area of a full-size mask (NaN without a defects config)."""
+        if self.defects_config is None:
+            return float("nan")
+        entry = self._entry_for(arr, path)
+        if entry is None:
+            raise DatasetError(f"mask {path} is empty (all pixels 0); a ground truth region "
+                               f"needs at least one pixel")
+        return saturation_area(int(np.count_nonzero(arr)), entry["saturation_threshold"],
+                               bool(entry["relative_saturation"]))
+
+    def _extra_ground_truth(self, rec: _Record, arrays: list) -> dict:
+        return {"masks": [a > 0 for a in arrays],
+                "saturation": np.array([self._saturation(a, p)
+                                        for a, p in zip(arrays, rec.mask_paths)], dtype=np.float64)}
+
     def _extra(self, rec: _Record, item: dict) -> dict:
         h, w = self.image_size
         masks, sat = [], []
@@ -608,19 +776,16 @@ class MVTecLOCO(_ImageDataset):
             arr = _load_mask_array(p)
             m = _binary_mask(arr, self.image_size)
             masks.append(m)
+            area = float(m.sum())
             if self.defects_config is None:
                 sat.append(float("nan"))
-                continue
-            entry = self._entry_for(arr, p)
-            if entry is None:
-                sat.append(float("nan"))
-            elif entry["relative_saturation"]:
-                # fraction of the region's own area
-                sat.append(float(entry["saturation_threshold"]) * float(m.sum()))
+            elif area == 0 or not arr.any():
+                sat.append(0.0)  # the region vanished in the resize: nothing can cover it
             else:
-                # absolute pixel count at the original resolution -> resized grid
+                # the official area at full size, in pixels of the resized grid, capped at
+                # the resized region's area so that a fully covered region still scores 1
                 scale = (h * w) / float(arr.shape[0] * arr.shape[1])
-                sat.append(float(entry["saturation_threshold"]) * scale)
+                sat.append(min(self._saturation(arr, p) * scale, area))
         return {
             "masks": torch.stack(masks) if masks else torch.zeros(0, h, w),
             "saturation": torch.tensor(sat, dtype=torch.float32),
@@ -647,15 +812,16 @@ class FolderDataset(_ImageDataset):
         test_dir: test images (the test split).
         mask_dir: optional ground truth for ``test_dir``.
         split: ``"train"`` or ``"test"``.
-        image_size, augment, skip_unreadable: as :class:`MVTecAD`.
+        image_size, augment, skip_unreadable, bit_depth: as :class:`MVTecAD`.
     """
 
     def __init__(self, normal_dir=None, test_dir=None, mask_dir=None, split: str = "train",
                  image_size=256, augment: Callable | None = None,
-                 skip_unreadable: bool | None = None):
+                 skip_unreadable: bool | None = None, bit_depth: int | None = None):
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        super().__init__(image_size, augment, skip_unreadable, default_skip=(split != "train"))
+        super().__init__(image_size, augment, skip_unreadable, default_skip=(split != "train"),
+                         bit_depth=bit_depth)
         self.split = split
         self.normal_dir = Path(normal_dir) if normal_dir is not None else None
         self.test_dir = Path(test_dir) if test_dir is not None else None

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-__all__ = ["auroc", "pixel_auroc", "aupro", "spro", "saturation_thresholds"]
+__all__ = ["auroc", "pixel_auroc", "aupro", "spro", "saturation_area", "saturation_thresholds"]
 
 
 # ----------------------------------------------------------------------------------------
@@ -109,6 +109,36 @@ def _check_fpr_limit(fpr_limit: float) -> float:
     return lim
 
 
+def _is_map_list(maps: Any) -> bool:
+    return isinstance(maps, Sequence) and not isinstance(maps, (str, bytes))
+
+
+def _map_mask_pairs(maps: Sequence, masks: Any) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Lists of per-image maps and masks -> [(map [H_i,W_i], bool mask [H_i,W_i])].
+
+    Scores of all images share one dtype (float32 only if every map is float32), so that
+    comparisons across images are exact.
+    """
+    imgs = _image_list(maps)
+    if not _is_map_list(masks) or len(masks) != len(imgs):
+        got = len(masks) if _is_map_list(masks) else type(masks).__name__
+        raise ValueError(f"masks must be a list with one [H,W] mask per map ({len(imgs)}), "
+                         f"got {got}")
+    dtype = np.result_type(*imgs) if imgs else np.float64
+    pairs = []
+    for i, (m, g) in enumerate(zip(imgs, masks)):
+        b = _binary(g, f"masks[{i}]")
+        if b.ndim == 3 and b.shape[0] == 1:
+            b = b[0]
+        if b.shape != m.shape:
+            raise ValueError(f"masks[{i}] has shape {tuple(b.shape)}, maps[{i}] has "
+                             f"{tuple(m.shape)}")
+        pairs.append((m.astype(dtype, copy=False), b))
+    if not pairs:
+        raise ValueError("maps is an empty list")
+    return pairs
+
+
 # ----------------------------------------------------------------------------------------
 # AUROC
 # ----------------------------------------------------------------------------------------
@@ -139,8 +169,13 @@ def auroc(scores: Any, labels: Any) -> float:
                          f"{tuple(s.shape)} and {tuple(y.shape)}")
     s = s.ravel()
     y = y.ravel()
-    pos = np.sort(s[y])
-    neg = np.sort(s[~y])
+    return _auroc_pos_neg(s[y], s[~y])
+
+
+def _auroc_pos_neg(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Mann-Whitney AUROC of positive scores ``pos`` against negative scores ``neg``."""
+    pos = np.sort(pos)
+    neg = np.sort(neg)
     if pos.size == 0 or neg.size == 0:
         raise ValueError(
             "auroc needs both classes in labels (at least one 0 and one 1); got only "
@@ -157,9 +192,16 @@ def pixel_auroc(maps: Any, masks: Any) -> float:
     """Pixel-level AUROC over all pixels of all images.
 
     Args:
-        maps: anomaly maps ``[N,H,W]`` (or ``[H,W]`` / ``[N,1,H,W]``).
-        masks: binary ground truth of the same shape.
+        maps: anomaly maps ``[N,H,W]`` (or ``[H,W]`` / ``[N,1,H,W]``), or a list of N
+            ``[H_i,W_i]`` maps (sizes may differ between images, e.g. at each image's
+            original resolution).
+        masks: binary ground truth of the same shape (a list of ``[H_i,W_i]`` masks when
+            ``maps`` is a list).
     """
+    if _is_map_list(maps):
+        pairs = _map_mask_pairs(maps, masks)
+        return _auroc_pos_neg(np.concatenate([m[g] for m, g in pairs]),
+                              np.concatenate([m[~g] for m, g in pairs]))
     m = _image_stack(_scores(maps, "maps"), "maps")
     g = _image_stack(_binary(masks, "masks"), "masks")
     if m.shape != g.shape:
@@ -263,8 +305,8 @@ def aupro(maps: Any, masks: Any, fpr_limit: float = 0.3) -> float:
 
     Args:
         maps: anomaly maps ``[N,H,W]`` (or ``[H,W]`` / ``[N,1,H,W]``), larger = more
-            anomalous.
-        masks: binary ground truth, same shape.
+            anomalous; or a list of N ``[H_i,W_i]`` maps of possibly different sizes.
+        masks: binary ground truth, same shape (a list of masks for a list of maps).
         fpr_limit: upper FPR integration limit in (0, 1], default 0.3.
 
     Returns:
@@ -280,6 +322,8 @@ def aupro(maps: Any, masks: Any, fpr_limit: float = 0.3) -> float:
             (0, 1], no anomalous pixel at all, or no normal pixel at all.
     """
     lim = _check_fpr_limit(fpr_limit)
+    if _is_map_list(maps):
+        return _aupro_list(_map_mask_pairs(maps, masks), lim)
     m = _image_stack(_scores(maps, "maps"), "maps")
     g = _image_stack(_binary(masks, "masks"), "masks")
     if m.shape != g.shape:
@@ -298,6 +342,30 @@ def aupro(maps: Any, masks: Any, fpr_limit: float = 0.3) -> float:
     region_ids = labels[g].astype(np.int64) - 1   # same C order as m[g]
     sizes = np.bincount(region_ids, minlength=n_regions).astype(np.float64)
     return _integrated_overlap(normal_scores, m[g], region_ids, sizes, lim, saturate=False)
+
+
+def _aupro_list(pairs: list[tuple[np.ndarray, np.ndarray]], lim: float) -> float:
+    """AUPRO of per-image (map, mask) pairs; images are labelled one at a time, so sizes
+    may differ and no stacked copy of all maps is made."""
+    eight = np.ones((3, 3), dtype=bool)
+    normal_parts, region_parts, id_parts, sizes = [], [], [], []
+    n_regions = 0
+    for m, g in pairs:
+        normal_parts.append(m[~g])
+        labels, k = ndimage.label(g, structure=eight)
+        if k:
+            region_parts.append(m[g])
+            id_parts.append(labels[g].astype(np.int64) - 1 + n_regions)
+            sizes.append(np.bincount(labels[g] - 1, minlength=k))
+            n_regions += k
+    if n_regions == 0:
+        raise ValueError("aupro needs at least one anomalous region in masks (all are 0)")
+    normal_scores = np.concatenate(normal_parts)
+    if normal_scores.size == 0:
+        raise ValueError("aupro needs normal pixels in masks (all are 1), FPR is undefined")
+    return _integrated_overlap(normal_scores, np.concatenate(region_parts),
+                               np.concatenate(id_parts),
+                               np.concatenate(sizes).astype(np.float64), lim, saturate=False)
 
 
 # ----------------------------------------------------------------------------------------
@@ -406,6 +474,32 @@ def spro(maps: Any, masks_per_image: Sequence[Sequence[Any]],
                                lim, saturate=True)
 
 
+def saturation_area(area: int, threshold: float, relative: bool) -> float:
+    """Pixels at which a region's sPRO saturates, by the official MVTec LOCO AD rule.
+
+    Args:
+        area: the region's pixel count (at the resolution the metric is computed at).
+        threshold: ``saturation_threshold`` of the region's ``defects_config.json`` entry.
+        relative: its ``relative_saturation``.
+
+    Returns:
+        ``int(threshold * area)`` for a relative threshold (truncated to whole pixels),
+        ``min(threshold, area)`` for an absolute one (a region smaller than the threshold
+        saturates when fully covered). One deviation: a relative area that truncates to
+        0 pixels becomes 1 (the region saturates with its first detected pixel), where the
+        official code divides by zero and its sPRO becomes NaN.
+    """
+    area = int(area)
+    if area <= 0:
+        raise ValueError(f"area must be a pixel count >= 1, got {area}")
+    t = float(threshold)
+    if not (t > 0.0 and math.isfinite(t)):
+        raise ValueError(f"threshold must be a finite number > 0, got {threshold!r}")
+    if relative:
+        return float(max(1, int(t * area)))
+    return float(min(t, float(area)))
+
+
 def saturation_thresholds(masks_per_image: Sequence[Sequence[Any]],
                           defect_names_per_image: Sequence[Any] | None,
                           defects_config: Sequence[Mapping[str, Any]]) -> list[list[float]]:
@@ -424,9 +518,9 @@ def saturation_thresholds(masks_per_image: Sequence[Sequence[Any]],
 
     Returns:
         List of N lists of floats, parallel to ``masks_per_image``: for a relative
-        defect ``saturation_threshold * area``, for an absolute one
-        ``min(saturation_threshold, area)`` (a region smaller than the threshold
-        saturates when fully covered).
+        defect ``int(saturation_threshold * area)``, for an absolute one
+        ``min(saturation_threshold, area)`` (see :func:`saturation_area`). Areas are
+        counted at the masks' resolution: pass full-size masks for the official metric.
     """
     by_key: dict[Any, Mapping[str, Any]] = {}
     for k, d in enumerate(defects_config):
@@ -476,7 +570,10 @@ def saturation_thresholds(masks_per_image: Sequence[Sequence[Any]],
                 raise ValueError(f"defect {what} {key[1]!r} of masks_per_image[{i}][{j}] is "
                                  f"not in defects_config{hint}")
             d = by_key[key]
-            t = float(d["saturation_threshold"])
-            row.append(t * area if bool(d["relative_saturation"]) else min(t, float(area)))
+            if area == 0:
+                raise ValueError(f"masks_per_image[{i}][{j}] is empty (a region needs "
+                                 f"at least one pixel)")
+            row.append(saturation_area(area, d["saturation_threshold"],
+                                       bool(d["relative_saturation"])))
         out.append(row)
     return out

@@ -359,3 +359,175 @@ def test_make_dataset_array_source(tmp_path):
                             n_test_defect=1, image_size=32, defects=["spot"])
     assert (root / "noise/test/spot/000.png").is_file()
     assert len(D.MVTecAD(root, "noise", "train", image_size=32)) == 2
+
+
+# ----------------------------------------------------------------------------- bit depth
+
+def _png16_rgb(path: Path, a: np.ndarray):
+    """A 16-bit colour PNG written by hand (Pillow cannot write one): [H, W, 3] uint16."""
+    import struct
+    import zlib
+
+    def chunk(kind, payload):
+        return (struct.pack(">I", len(payload)) + kind + payload
+                + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
+
+    h, w, _ = a.shape
+    rows = b"".join(b"\x00" + a[i].astype(">u2").tobytes() for i in range(h))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return path
+
+
+SIXTEEN = np.array([[0, 255, 256, 4095, 32896, 65535]], np.uint16)
+TOP_BYTE = np.array([[0, 0, 1, 15, 128, 255]], np.uint8)   # 16-bit -> top 8 bits
+
+
+def test_sixteen_bit_every_loader_path_follows_one_rule(tmp_path):
+    import tifffile
+
+    rgb = np.repeat(SIXTEEN[..., None], 3, axis=-1)
+    files = {
+        "gray.png": _save(tmp_path / "gray.png", SIXTEEN),                  # Pillow I;16
+        "gray.pgm": _save(tmp_path / "gray.pgm", SIXTEEN),                  # Pillow I (16-bit data)
+        "rgb.png": _png16_rgb(tmp_path / "rgb.png", rgb),                   # Pillow RGB (top byte)
+    }
+    tifffile.imwrite(tmp_path / "gray.tif", SIXTEEN)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb)
+    tifffile.imwrite(tmp_path / "chw.tif", np.moveaxis(rgb, -1, 0).copy(), photometric="rgb",
+                     planarconfig="separate")
+    files.update({n: tmp_path / n for n in ("gray.tif", "rgb.tif", "chw.tif")})
+    for name, path in files.items():
+        got = np.asarray(D.load_rgb(path))
+        assert got.shape == (1, 6, 3), name
+        np.testing.assert_array_equal(got[..., 0], TOP_BYTE, err_msg=name)
+        np.testing.assert_array_equal(got[..., 2], TOP_BYTE, err_msg=name)
+
+
+def test_sixteen_bit_pixel_does_not_depend_on_the_rest_of_the_image(tmp_path):
+    # 0..255 held in 16 bits is nearly black (it is 0..0.4% of the range), whatever the
+    # image's maximum; it used to load as mid-grey, or as 0..1 once one pixel was 256
+    low = _save(tmp_path / "low.png", np.array([[200, 255]], np.uint16))
+    one_high = _save(tmp_path / "high.png", np.array([[200, 256]], np.uint16))
+    assert np.asarray(D.load_rgb(low))[0, :, 0].tolist() == [0, 0]
+    assert np.asarray(D.load_rgb(one_high))[0, :, 0].tolist() == [0, 1]
+    mid = _save(tmp_path / "mid.png", np.array([[25700, 51400]], np.uint16))
+    assert np.asarray(D.load_rgb(mid))[0, :, 0].tolist() == [100, 200]
+
+
+def test_twelve_bit_data_with_bit_depth(tmp_path):
+    twelve = np.array([[0, 16, 2048, 4095]], np.uint16)
+    p = _save(tmp_path / "cam.png", twelve)
+    assert np.asarray(D.load_rgb(p))[0, :, 0].tolist() == [0, 0, 8, 15]      # 16-bit rule
+    assert np.asarray(D.load_rgb(p, bit_depth=12))[0, :, 0].tolist() == [0, 1, 128, 255]
+    with pytest.raises(ValueError, match=r"cam\.png.*4095.*11-bit"):
+        D.load_rgb(p, bit_depth=11)
+    with pytest.raises(ValueError, match="bit_depth=20 is more than the 16 bits"):
+        D.load_rgb(p, bit_depth=20)
+    for bad in (7, 33, "12", 12.0, True):
+        with pytest.raises(ValueError, match="bit_depth must be None or an integer from 8 to 32"):
+            D.load_rgb(p, bit_depth=bad)
+    # 8-bit images are taken as they are, bit_depth or not
+    p8 = _save(tmp_path / "eight.png", np.full((2, 2), 77, np.uint8))
+    assert np.asarray(D.load_rgb(p8, bit_depth=12))[0, 0, 0] == 77
+    # a colour PNG of 16 bits reaches us as 8 bits: bit_depth=12 cannot be honoured
+    rgb = _png16_rgb(tmp_path / "rgb.png", np.repeat(twelve[..., None], 3, axis=-1))
+    with pytest.raises(ValueError, match=r"rgb\.png is a 16-bit colour PNG.*bit_depth=12"):
+        D.load_rgb(rgb, bit_depth=12)
+    # the datasets pass bit_depth on
+    cat = tmp_path / "r" / "c"
+    _save(cat / "train/good/a.png", np.full((8, 8), 2048, np.uint16))
+    img = D.MVTecAD(tmp_path / "r", "c", image_size=8, bit_depth=12)[0]["image"]
+    np.testing.assert_allclose(img[:, 0, 0].double().numpy(), _expected_normalised((128,) * 3), atol=1e-5)
+    with pytest.raises(ValueError, match="bit_depth"):
+        D.MVTecAD(tmp_path / "r", "c", bit_depth=4)
+
+
+def test_float_images_are_intensities_in_unit_range(tmp_path):
+    import tifffile
+
+    vals = np.array([[0.0, 0.25, 0.5, 1.0]])
+    tifffile.imwrite(tmp_path / "f32.tif", vals.astype(np.float32))      # Pillow mode F
+    tifffile.imwrite(tmp_path / "f64.tif", vals)                         # tifffile fallback
+    for name in ("f32.tif", "f64.tif"):
+        assert np.asarray(D.load_rgb(tmp_path / name))[0, :, 1].tolist() == [0, 64, 128, 255], name
+    # outside [0, 1]: an error, not a per-image min-max (which gave 0..255 for any range)
+    tifffile.imwrite(tmp_path / "big.tif", (vals * 1000).astype(np.float32))
+    with pytest.raises(ValueError, match=r"big\.tif is a float image with values outside \[0, 1\]"):
+        D.load_rgb(tmp_path / "big.tif")
+
+
+def test_thirty_two_bit_tiff_uses_its_own_range(tmp_path):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "u32.tif", np.array([[0, 1 << 24, 0xFFFFFFFF]], np.uint32))
+    assert np.asarray(D.load_rgb(tmp_path / "u32.tif"))[0, :, 0].tolist() == [0, 1, 255]
+    tifffile.imwrite(tmp_path / "neg.tif", np.array([[-5, 3]], np.int16))
+    with pytest.raises(ValueError, match=r"neg\.tif holds negative pixel values"):
+        D.load_rgb(tmp_path / "neg.tif")
+
+
+# ----------------------------------------------------------------------------- LOCO saturation
+
+def _loco_small(tmp_path, size=(40, 56)):
+    """A LOCO category of 40x56 images: one logical image with a 4-pixel region of an
+    absolute defect (t=40) and a 7-pixel region of a relative one (t=0.5)."""
+    cat = tmp_path / "loco" / "box"
+    h, w = size
+    for split in ("train", "validation"):
+        _save(cat / f"{split}/good/000.png", np.zeros((h, w, 3), np.uint8))
+    _save(cat / "test/good/000.png", np.zeros((h, w, 3), np.uint8))
+    _save(cat / "test/logical_anomalies/000.png", np.zeros((h, w, 3), np.uint8))
+    small = np.zeros((h, w), np.uint8)
+    small[10:12, 20:22] = 255                       # 4 px
+    seven = np.zeros((h, w), np.uint8)
+    seven[30, 5:12] = 254                           # 7 px
+    _save(cat / "ground_truth/logical_anomalies/000/000.png", small)
+    _save(cat / "ground_truth/logical_anomalies/000/001.png", seven)
+    (cat / "defects_config.json").write_text(json.dumps([
+        {"defect_name": "missing", "pixel_value": 255, "saturation_threshold": 40,
+         "relative_saturation": False},
+        {"defect_name": "colour", "pixel_value": 254, "saturation_threshold": 0.5,
+         "relative_saturation": True}]))
+    return tmp_path / "loco"
+
+
+def test_loco_saturation_follows_the_official_rule(tmp_path):
+    root = _loco_small(tmp_path, size=(32, 32))
+    ds = D.MVTecLOCO(root, "box", "test", image_size=32)   # no resize: the official numbers
+    item = ds[1]
+    assert item["masks"].sum((1, 2)).tolist() == [4.0, 7.0]
+    # absolute 40 capped at the 4-pixel area; relative 0.5 * 7 truncated to 3 pixels
+    assert item["saturation"].tolist() == [4.0, 3.0]
+    gt = ds.ground_truth(1)
+    assert gt["saturation"].tolist() == [4.0, 3.0]
+
+
+def test_loco_ground_truth_at_original_size(tmp_path):
+    root = _loco_small(tmp_path)
+    ds = D.MVTecLOCO(root, "box", "test", image_size=32)
+    gt = ds.ground_truth(1)
+    assert gt["size"] == (40, 56) and gt["mask"].shape == (40, 56) and gt["mask"].dtype == bool
+    assert [int(m.sum()) for m in gt["masks"]] == [4, 7] and int(gt["mask"].sum()) == 11
+    assert gt["saturation"].tolist() == [4.0, 3.0]
+    good = ds.ground_truth(0)
+    assert good["size"] == (40, 56) and not good["mask"].any() and good["masks"] == []
+    # at the input size (32x32 of 40x56): the official area times the pixel ratio, capped
+    # at the resized region's area
+    item = ds[1]
+    ratio = 32 * 32 / (40 * 56)
+    areas = item["masks"].sum((1, 2)).tolist()
+    expect = [min(4.0 * ratio, areas[0]), min(3.0 * ratio, areas[1])]
+    np.testing.assert_allclose(item["saturation"].numpy(), expect, rtol=1e-6)
+    # a mask whose size differs from its image's is refused, naming both
+    _save(root / "box/ground_truth/logical_anomalies/000/001.png", np.full((20, 20), 254, np.uint8))
+    with pytest.raises(D.DatasetError, match=r"001\.png is 20x20 pixels but its image .*000\.png is 56x40"):
+        D.MVTecLOCO(root, "box", "test", image_size=32).ground_truth(1)
+
+
+def test_mvtec_ground_truth_at_original_size(mvtec):
+    ds = D.MVTecAD(mvtec, "widget", "test", image_size=16)
+    gt = ds.ground_truth(0)
+    assert gt["size"] == (32, 32) and int(gt["mask"].sum()) == 64 and "masks" not in gt
+    assert ds.ground_truth(2)["mask"].sum() == 0

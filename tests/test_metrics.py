@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from dadf_fast.metrics import aupro, auroc, pixel_auroc, saturation_thresholds, spro
+from dadf_fast.metrics import aupro, auroc, pixel_auroc, saturation_area, saturation_thresholds, spro
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 
@@ -391,3 +391,54 @@ def test_spro_errors():
         spro(maps, [[], [m]], [[], [0.0]])
     with pytest.raises(ValueError, match="fpr_limit"):
         spro(maps, [[], [m]], [[], [1.0]], fpr_limit=-0.1)
+
+
+def test_relative_saturation_is_truncated_to_whole_pixels():
+    # the official rule: int(t * area) for relative thresholds, min(t, area) for absolute
+    cfg = [{"defect_name": "rel", "pixel_value": 1, "saturation_threshold": 0.5,
+            "relative_saturation": True},
+           {"defect_name": "abs", "pixel_value": 2, "saturation_threshold": 40,
+            "relative_saturation": False},
+           {"defect_name": "tiny", "pixel_value": 3, "saturation_threshold": 0.29,
+            "relative_saturation": True}]
+    seven = np.zeros((10, 10), bool)
+    seven[0, :7] = True
+    four = np.zeros((10, 10), bool)
+    four[5:7, 5:7] = True
+    hundred = np.ones((10, 10), bool)
+    got = saturation_thresholds([[seven, four, hundred, four]], [["rel", "abs", "tiny", "tiny"]], cfg)
+    # 0.29 * 100 is 28.999999999999996 in floats: truncated to 28, as the official code does;
+    # 0.29 * 4 truncates to 0, which becomes 1 pixel (officially a division by zero)
+    assert got == [[3.0, 4.0, 28.0, 1.0]]
+    assert saturation_area(7, 0.5, True) == 3.0 and saturation_area(4, 40, False) == 4.0
+    assert saturation_area(400, 40, False) == 40.0
+    with pytest.raises(ValueError, match="area must be a pixel count >= 1"):
+        saturation_area(0, 0.5, True)
+    with pytest.raises(ValueError, match="threshold must be a finite number > 0"):
+        saturation_area(5, float("nan"), False)
+    with pytest.raises(ValueError, match=r"masks_per_image\[0\]\[0\] is empty"):
+        saturation_thresholds([[np.zeros((3, 3), bool)]], [["rel"]], cfg)
+
+
+def test_pixel_metrics_on_lists_of_maps_of_different_sizes():
+    rng = np.random.default_rng(31)
+    shapes = [(9, 13), (14, 7), (11, 11)]
+    masks = [np.zeros(s, bool) for s in shapes]
+    for m in masks[1:]:
+        m[2:5, 1:4] = True
+        m[-2, -3:] = True       # a second region
+    maps = [rng.random(s) + 0.5 * m for s, m in zip(shapes, masks)]
+    flat_m = np.concatenate([m.ravel() for m in maps])
+    flat_g = np.concatenate([g.ravel() for g in masks])
+    assert pixel_auroc(maps, masks) == pytest.approx(
+        sklearn_metrics.roc_auc_score(flat_g, flat_m), abs=1e-12)
+    for limit in (0.05, 0.3):
+        assert aupro(maps, masks, limit) == pytest.approx(bf_aupro(maps, masks, limit), abs=1e-12)
+    # float32 maps and torch tensors work the same way
+    maps32 = [torch.from_numpy(m.astype(np.float32)) for m in maps]
+    assert aupro(maps32, masks, 0.3) == pytest.approx(
+        bf_aupro([m.numpy() for m in maps32], masks, 0.3), abs=1e-12)
+    with pytest.raises(ValueError, match=r"masks\[1\] has shape \(9, 13\), maps\[1\] has \(14, 7\)"):
+        aupro(maps, [masks[0], masks[0], masks[2]])
+    with pytest.raises(ValueError, match="one \\[H,W\\] mask per map \\(3\\), got 2"):
+        pixel_auroc(maps, masks[:2])

@@ -118,7 +118,7 @@ def test_bad_configuration_is_rejected():
 def test_corrupt_and_foreign_checkpoints(tmp_path):
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"\x80\x02not a checkpoint at all")
-    with pytest.raises(ValueError, match="not a readable"):
+    with pytest.raises(ValueError, match="not a dadf-fast checkpoint"):
         DADF.load(corrupt)
     foreign = tmp_path / "foreign.pt"
     torch.save({"model": {"w": torch.zeros(2)}}, foreign)
@@ -136,7 +136,7 @@ class _Evil:
 def test_checkpoint_loading_never_runs_code(tmp_path, capsys):
     path = tmp_path / "evil.pt"
     torch.save({"format": "dadf-fast", "payload": _Evil()}, path)
-    with pytest.raises(ValueError, match="not a readable"):
+    with pytest.raises(ValueError, match="not a dadf-fast checkpoint.*never unpickles"):
         DADF.load(path)
     assert "must never run" not in capsys.readouterr().out
 

@@ -127,3 +127,50 @@ def test_multiscale_score_formula():
     assert float(amap.min()) >= 0 and float(amap.max()) <= 1
     _, mean_score = reference.multiscale_score(zs, 16, reduce="mean")
     torch.testing.assert_close(mean_score, amap.flatten(1).mean(1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_permutation_gather_equals_freia_dense_conv_bit_for_bit(dtype):
+    """The reference permutes with a gather; FrEIA with a dense 1x1 conv by its 0/1 ``w_perm``.
+    On finite input the two are the same numbers (torch.equal), forward and reverse."""
+    blk = _freia_block(7, dtype=dtype)
+    v = torch.randn(3, 7, 5, 7, dtype=dtype) * 100
+    c = v.shape[1]
+    perm = blk.w_perm.reshape(c, c).argmax(dim=1)
+    zeros_a = torch.zeros(3, 2 * (c // 2), 5, 7, dtype=dtype)  # s = t = 0: coupling is the identity
+    ones, zeros = torch.ones(c, dtype=dtype), torch.zeros(c, dtype=dtype)
+    y, _ = reference.affine_coupling(v, zeros_a, ones, zeros, perm)
+    assert torch.equal(y, F.conv2d(v, blk.w_perm))
+    assert torch.equal(reference.permutation_matrix(perm, dtype), blk.w_perm.reshape(c, c))
+    xr, _ = reference.affine_coupling(v, zeros_a, ones, zeros, perm, reverse=True)
+    assert torch.equal(xr, F.conv2d(v, blk.w_perm_inv))
+
+
+def test_permutation_non_finite_values_stay_local_unlike_the_dense_conv():
+    """The contract (see ops.affine_coupling): an inf goes where the permutation sends it;
+    FrEIA's dense conv would turn the other channels of that pixel into NaN (0 * inf)."""
+    c = 4
+    perm = torch.tensor([2, 0, 3, 1])
+    v = torch.arange(1.0, 1.0 + c).view(1, c, 1, 1).repeat(1, 1, 2, 2)
+    v[0, 3, 1, 0] = float("inf")
+    a = torch.zeros(1, 4, 2, 2)
+    y, ld = reference.affine_coupling(v, a, torch.ones(c), torch.zeros(c), perm)
+    assert y[0, :, 1, 0].tolist() == [3.0, 1.0, float("inf"), 2.0]
+    assert y[0, :, 0, 0].tolist() == [3.0, 1.0, 4.0, 2.0]
+    assert ld.tolist() == [0.0]
+    dense = F.conv2d(v, reference.permutation_matrix(perm)[:, :, None, None])
+    assert bool(torch.isnan(dense[0, :, 1, 0]).any())  # what the contract rules out
+
+
+def test_flow_nll_and_score_reduced_precision_are_float32_then_rounded():
+    z = torch.randn(2, 70000).half()
+    got = reference.flow_nll(z, torch.zeros(2, dtype=torch.float16))
+    assert got.dtype == torch.float16 and bool(torch.isfinite(got).all())
+    torch.testing.assert_close(got, (0.5 * z.double().pow(2).sum(1)).half(), rtol=1e-3, atol=0)
+    # the map: float32 arithmetic rounded once to float16 is float64's map rounded to float16
+    # (float16 intermediates were off by up to 2 ulp)
+    zs = [torch.randn(2, 8, 4, 4).half() * 3, torch.randn(2, 5, 3, 3).half() * 3]
+    amap, score = reference.multiscale_score(zs, 7)
+    amap64, score64 = reference.multiscale_score([z.double() for z in zs], 7)
+    assert amap.dtype == torch.float16 and score.dtype == torch.float16
+    assert torch.equal(amap, amap64.half()) and torch.equal(score, score64.half())

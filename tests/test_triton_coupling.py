@@ -2,7 +2,7 @@
 
 Without a GPU these run in Triton's interpreter on CPU tensors (conftest sets
 ``TRITON_INTERPRET=1``), so every shape is tiny.  Truths: ``dadf_fast.reference`` (FrEIA
-semantics with a dense permutation conv), FrEIA 0.2's own ``AllInOneBlock``, and
+semantics, the permutation as a gather), FrEIA 0.2's own ``AllInOneBlock``, and
 ``F.leaky_relu(F.conv2d(..., groups=C1))``.
 """
 import numpy as np
@@ -442,3 +442,51 @@ def test_kernels_compile_for_sm90_without_gpu(tmp_path):
     if proc.returncode == 3:
         pytest.skip(proc.stdout.strip())
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------- perm bounds (issue #14)
+
+
+def test_entry_point_checks_perm_on_the_host():
+    x, a, g, b, _ = _inputs(5, "cpu")
+    for bad in (torch.tensor([0, 1, 2, 3, 5]), torch.tensor([0, 1, 2, 3, -1])):
+        with pytest.raises(ValueError, match=r"perm\[4\] = -?\d+ is out of range"):
+            affine_coupling_triton(x, a, g, b, bad)
+    with pytest.raises(ValueError, match="perm must be a permutation"):
+        affine_coupling_triton(x, a, g, b, torch.tensor([0, 1, 2, 3, 3]))
+    with pytest.raises(TypeError, match="perm must be a torch.Tensor"):
+        affine_coupling_triton(x, a, g, b, [0, 1, 2, 3, 4])
+    with pytest.raises(ValueError, match="clamp"):
+        affine_coupling_triton(x, a, g, b, torch.arange(5), clamp=0.0)
+
+
+@pytest.mark.parametrize("bad_entry", [99, -3, 2**40])
+def test_kernel_guards_out_of_range_perm_entries(bad_entry):
+    """What runs on GPU, where the host check is skipped: the custom op called directly with
+    an out-of-range entry reads nothing through it; that row (forward) or the channel it
+    should fill (reverse) is NaN, as are the log-det and dg/db of that channel, and
+    everything else equals the reference under the valid permutation."""
+    x, a, g, b, _ = _inputs(5, "cpu")
+    good = torch.tensor([2, 0, 3, 1, 4])
+    bad = good.clone()
+    bad[4] = bad_entry  # row 4 should read channel 4
+    op = torch.ops.dadf_fast_triton.affine_coupling
+
+    y, ld = op(x, a, g, b, bad, 2.0, 0.1, False)
+    y_ref, _ = reference.affine_coupling(x, a, g, b, good)
+    assert bool(torch.isnan(y[:, 4]).all()) and bool(torch.isnan(ld).all())
+    torch.testing.assert_close(y[:, :4], y_ref[:, :4], rtol=1e-5, atol=1e-5)
+
+    xr, ldr = op(y_ref, a, g, b, bad, 2.0, 0.1, True)
+    assert bool(torch.isnan(xr[:, 4]).all()) and bool(torch.isnan(ldr).all())  # channel 4 is never reached
+    torch.testing.assert_close(xr[:, :4], x[:, :4], rtol=1e-5, atol=1e-5)
+
+    leaves = [t.clone().requires_grad_() for t in (g, b)]
+    y, ld = op(x, a, *leaves, bad, 2.0, 0.1, False)
+    dg, db = torch.autograd.grad((y[:, :4]).sum() + ld.sum() * 0, leaves)
+    ref_leaves = [t.clone().requires_grad_() for t in (g, b)]
+    y_ref, _ = reference.affine_coupling(x, a, *ref_leaves, good)
+    dg_ref, db_ref = torch.autograd.grad(y_ref[:, :4].sum(), ref_leaves)
+    assert bool(torch.isnan(dg[4])) and bool(torch.isnan(db[4]))
+    torch.testing.assert_close(dg[:4], dg_ref[:4], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(db[:4], db_ref[:4], rtol=1e-5, atol=1e-5)

@@ -261,8 +261,11 @@ def test_deterministic():
 def test_errors():
     ts = [t.detach() for t in make_inputs(1, 1, 4, 16, torch.float32)]
     big = [torch.randn(1, 1, 4, 264, device=DEVICE) for _ in range(5)]
-    with pytest.raises(ValueError, match="head dim"):
+    # the op's dispatch knows the kernel's limit (so auto would pick torch): explicit triton says why
+    with pytest.raises(BackendUnavailable, match="head dims up to 256"):
         ops.dual_attention(*big, backend="triton")
+    with pytest.raises(ValueError, match="head dim"):
+        K.dual_attention_triton(*big)
     with pytest.raises(BackendUnavailable):
         ops.dual_attention(*[t.double() for t in ts], backend="triton")
     with pytest.raises(ValueError):

@@ -8,7 +8,8 @@
 //
 // The permutation is not validated on the host (that would cost a device sync per call);
 // an out-of-range entry never causes an out-of-bounds access: the affected rows are
-// written as NaN (forward) and the log-det / gradients become NaN.
+// written as NaN (forward; in reverse the output starts NaN-filled, so a channel that no
+// valid entry maps to stays NaN) and the log-det / gradients become NaN.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAStream.h>
@@ -232,7 +233,9 @@ std::tuple<at::Tensor, at::Tensor> affine_coupling_fwd_cuda(const at::Tensor& x_
   const at::Tensor x = x_.contiguous(), a = a_.contiguous(), g = g_.contiguous(), b = b_.contiguous();
   const at::Tensor perm = perm_.contiguous();
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
-  at::Tensor y = at::empty(x.sizes(), x.options());
+  // reverse scatters into channel perm[i]: NaN-filled so that a bad perm cannot leave
+  // uninitialised memory in the output (reverse is for sampling and tests: the fill is cheap)
+  at::Tensor y = reverse ? at::full(x.sizes(), NAN, x.options()) : at::empty(x.sizes(), x.options());
   at::Tensor logdet = at::empty({compute_logdet ? B : 0}, x.options());
   if (B == 0) return {y, logdet};
   if (P == 0) {

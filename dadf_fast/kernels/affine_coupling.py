@@ -112,12 +112,18 @@ def _coupling_fwd_kernel(
     cmask = offs_i < C
     pmask = offs_p < HW
     j = tl.load(perm_ptr + offs_i, mask=cmask, other=0)  # int64 source channel
-    is2 = (j >= C1) & cmask
+    # perm is not checked on the host for GPU tensors (a sync per call): an out-of-range
+    # entry must not address memory; its row becomes NaN and so does the log-det (as the
+    # CUDA kernel of the cpp backend does)
+    valid = cmask & (j >= 0) & (j < C)
+    j = tl.where(valid, j, 0)
+    is2 = (j >= C1) & valid
     k = tl.where(is2, j - C1, 0)
-    g = tl.load(g_ptr + j, mask=cmask, other=1.0).to(tl.float32)
-    bb = tl.load(b_ptr + j, mask=cmask, other=0.0).to(tl.float32)
+    g = tl.load(g_ptr + j, mask=valid, other=1.0).to(tl.float32)
+    bb = tl.load(b_ptr + j, mask=valid, other=0.0).to(tl.float32)
 
     m = cmask[:, None] & pmask[None, :]
+    mv = valid[:, None] & pmask[None, :]
     m2 = is2[:, None] & pmask[None, :]
     pix_x = _pix_offsets(offs_p, W, sxh, sxw, X_FLAT)
     pix_a = _pix_offsets(offs_p, W, sah, saw, A_FLAT)
@@ -134,16 +140,22 @@ def _coupling_fwd_kernel(
                     mask=m, other=0.0).to(tl.float32)
         u = (v - bb[:, None]) / g[:, None]
         out = tl.where(m2, (u - t) * tl.exp(-s), u)
-        dst = y_ptr + (pid_b * C + j)[:, None] * HW + offs_out_pix[None, :]
+        # scatter to channel perm[i]; the host NaN-fills y, so a channel no valid entry
+        # reaches stays NaN
+        tl.store(y_ptr + (pid_b * C + j)[:, None] * HW + offs_out_pix[None, :],
+                 out.to(y_ptr.dtype.element_ty), mask=mv)
     else:
-        xv = tl.load(x_ptr + pid_b * sxb + j[:, None] * sxc + pix_x[None, :], mask=m, other=0.0).to(tl.float32)
+        xv = tl.load(x_ptr + pid_b * sxb + j[:, None] * sxc + pix_x[None, :], mask=mv, other=0.0).to(tl.float32)
         u = tl.where(m2, xv * tl.exp(s) + t, xv)
         out = u * g[:, None] + bb[:, None]
-        dst = y_ptr + (pid_b * C + offs_i.to(tl.int64))[:, None] * HW + offs_out_pix[None, :]
-    tl.store(dst, out.to(y_ptr.dtype.element_ty), mask=m)
+        out = tl.where(valid[:, None], out, float("nan"))
+        tl.store(y_ptr + (pid_b * C + offs_i.to(tl.int64))[:, None] * HW + offs_out_pix[None, :],
+                 out.to(y_ptr.dtype.element_ty), mask=m)
 
     # One float32 partial per program, in its own slot: no atomics, fixed-order host sum.
     part = tl.sum(tl.sum(s, axis=1), axis=0)
+    n_bad = tl.sum((cmask & (valid == 0)).to(tl.int32), axis=0)
+    part = tl.where(n_bad > 0, float("nan"), part)
     tl.store(part_ptr + (pid_b * n_cb + pid_c) * n_pb + pid_p, part)
 
 
@@ -183,13 +195,17 @@ def _coupling_bwd_kernel(
     offs_i64 = offs_i.to(tl.int64)
 
     j = tl.load(perm_ptr + offs_i, mask=cmask, other=0)
-    is2 = (j >= C1) & cmask
+    # out-of-range perm entries (GPU tensors are not checked on the host): no access
+    # through them; their dg/db slots keep the host's NaN fill
+    valid = cmask & (j >= 0) & (j < C)
+    j = tl.where(valid, j, 0)
+    is2 = (j >= C1) & valid
     k = tl.where(is2, j - C1, 0)
-    g = tl.load(g_ptr + j, mask=cmask, other=1.0).to(tl.float32)
-    bb = tl.load(b_ptr + j, mask=cmask, other=0.0).to(tl.float32)
+    g = tl.load(g_ptr + j, mask=valid, other=1.0).to(tl.float32)
+    bb = tl.load(b_ptr + j, mask=valid, other=0.0).to(tl.float32)
     dlog = tl.load(dlog_ptr + pid_b).to(tl.float32)
 
-    m = cmask[:, None] & pmask[None, :]
+    m = valid[:, None] & pmask[None, :]
     m2 = is2[:, None] & pmask[None, :]
     pix_x = _pix_offsets(offs_p, W, sxh, sxw, X_FLAT)
     pix_a = _pix_offsets(offs_p, W, sah, saw, A_FLAT)
@@ -240,14 +256,20 @@ def _coupling_bwd_kernel(
     pu = tl.sum(tl.where(m, acc_u * u, 0.0), axis=1)
     pd = tl.sum(tl.where(m, acc_u, 0.0), axis=1)
     slot = (pid_b * n_pb + pid_p) * C + j
-    tl.store(pg_ptr + slot, pu, mask=cmask)
-    tl.store(pb_ptr + slot, pd, mask=cmask)
+    tl.store(pg_ptr + slot, pu, mask=valid)
+    tl.store(pb_ptr + slot, pd, mask=valid)
 
 
 # --------------------------------------------------------------------------- launchers
 
 
-def _check(x, a, g, b, perm):
+def _check(x, a, g, b, perm, clamp):
+    for n, t in (("x", x), ("a", a), ("g", g), ("b", b), ("perm", perm)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"affine_coupling_triton: {n} must be a torch.Tensor, got {type(t).__name__}")
+    for n, t in (("x", x), ("a", a), ("g", g), ("b", b)):
+        if not t.is_floating_point():
+            raise TypeError(f"affine_coupling_triton: {n} must be a floating-point tensor, got {t.dtype}")
     if x.dim() != 4:
         raise ValueError(f"affine_coupling_triton: x must be [B, C, H, W], got shape {tuple(x.shape)}")
     bsz, c, h, w = x.shape
@@ -266,6 +288,17 @@ def _check(x, a, g, b, perm):
     for n, t in (("a", a), ("g", g), ("b", b)):
         if t.dtype != x.dtype:
             raise TypeError(f"affine_coupling_triton: {n} has dtype {t.dtype} but x has {x.dtype}")
+    if isinstance(clamp, bool) or not isinstance(clamp, (int, float)) or not (0 < float(clamp) < float("inf")):
+        raise ValueError(f"affine_coupling_triton: clamp must be a finite number > 0, got {clamp!r}")
+    # CPU tensors (the interpreter) are checked here, where it costs no device sync; on GPU
+    # the kernels guard every access through perm instead (a bad entry gives NaN)
+    if perm.device.type == "cpu" and not torch.compiler.is_compiling():
+        bad = (perm < 0) | (perm >= c)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise ValueError(f"affine_coupling_triton: perm[{i}] = {int(perm[i])} is out of range [0, {c})")
+        if not torch.equal(torch.sort(perm).values, torch.arange(c)):
+            raise ValueError("affine_coupling_triton: perm must be a permutation of 0..C-1 (each channel exactly once)")
 
 
 def _flat(t):
@@ -283,7 +316,12 @@ def _forward(x, a, g, b, perm, clamp, a_scale, reverse):
     c2 = c // 2
     c1 = c - c2
     hw = h * w
-    y = torch.empty((bsz, c, h, w), device=x.device, dtype=x.dtype)
+    # reverse scatters into channel perm[i]: NaN-filled so a bad perm (unchecked on GPU)
+    # cannot leave uninitialised memory in y (reverse is for sampling and tests)
+    if reverse:
+        y = torch.full((bsz, c, h, w), float("nan"), device=x.device, dtype=x.dtype)
+    else:
+        y = torch.empty((bsz, c, h, w), device=x.device, dtype=x.dtype)
     block_c, block_p, warps = launch_config(c, hw)
     n_cb, n_pb = triton.cdiv(c, block_c), triton.cdiv(hw, block_p)
     # every slot is written by exactly one program, so no memset is needed
@@ -314,9 +352,10 @@ def _backward(gout, dlogdet, x, a, g, b, perm, clamp, a_scale, reverse):
     da = torch.empty((bsz, 2 * c2, h, w), device=x.device, dtype=a.dtype)
     block_c, block_p, warps = launch_config(c, hw)
     n_cb, n_pb = triton.cdiv(c, block_c), triton.cdiv(hw, block_p)
-    # each (batch, pixel block, channel) slot is written exactly once (perm is a bijection)
-    pg = torch.empty((bsz, n_pb, c), device=x.device, dtype=torch.float32)
-    pb = torch.empty((bsz, n_pb, c), device=x.device, dtype=torch.float32)
+    # each (batch, pixel block, channel) slot is written exactly once when perm is a
+    # bijection; the NaN fill makes dg/db NaN when it is not (small: C per pixel block)
+    pg = torch.full((bsz, n_pb, c), float("nan"), device=x.device, dtype=torch.float32)
+    pb = torch.full((bsz, n_pb, c), float("nan"), device=x.device, dtype=torch.float32)
     dlog32 = dlogdet.float().contiguous()
     if bsz > 0 and hw > 0:
         _coupling_bwd_kernel[(n_pb, n_cb, bsz)](
@@ -392,6 +431,12 @@ def affine_coupling_triton(x, a, g, b, perm, clamp: float = 2.0, a_scale: float 
 
     Same function as :func:`dadf_fast.reference.affine_coupling`; returns
     ``(y [B, C, H, W] contiguous, logdet [B])`` in ``x``'s dtype.  Differentiable in ``x``,
-    ``a``, ``g`` and ``b`` (both directions).  Inputs may have any strides."""
-    _check(x, a, g, b, perm)
+    ``a``, ``g`` and ``b`` (both directions).  Inputs may have any strides.
+
+    ``perm`` must be an int64 permutation of ``0..C-1``: checked here for CPU tensors; on
+    GPU (no host sync) an out-of-range entry is never dereferenced, its output row (forward)
+    or the channel it should fill (reverse) is NaN, and so are the log-det and dg/db.
+    Non-finite values in ``x`` stay in the channel they are permuted to (see
+    :func:`dadf_fast.ops.affine_coupling`)."""
+    _check(x, a, g, b, perm, clamp)
     return torch.ops.dadf_fast_triton.affine_coupling(x, a, g, b, perm, float(clamp), float(a_scale), bool(reverse))

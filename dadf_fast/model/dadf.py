@@ -2,16 +2,22 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
+import math
+import numbers
 import os
 
 import torch
 import torch.nn as nn
 
 from .. import ops
+from .._backends import BACKEND_NAMES
 from ..ops._dispatch import autocast_off
 from .._io import atomic_torch_save
 from ..nn import FLOW_NORMS, FlowStage, Reconstructor, reconstruction_loss
 from .backbone import Backbone
+from .checkpoint import CheckpointError, first_nonfinite, read_checkpoint_file, state_dict_mismatch
+from .inputs import check_finite_output, check_images, check_sigma, stack_train_images
 from .postprocess import gaussian_smooth
 from .presets import PATCH_SIZES, PRESETS
 
@@ -27,7 +33,27 @@ def _parse_dtype(dtype) -> torch.dtype:
     if isinstance(dtype, str) and dtype.lower() in _DTYPES:
         return _DTYPES[dtype.lower()]
     raise ValueError(f"dtype must be one of {sorted(_DTYPES)} (or the torch dtype), got {dtype!r}")
+
+
 CHECKPOINT_VERSION = 1
+BACKENDS = ("auto",) + BACKEND_NAMES
+# the config entries that decide the weights' names and shapes (and clamp, what they mean),
+# named in errors about weights that do not fit
+ARCH_KEYS = ("backbone", "input_size", "embed_dim", "depth", "num_heads", "flow_steps", "flow_norm", "clamp")
+
+
+def _check_backend(backend) -> str:
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _describe(cfg: dict) -> str:
+    return ", ".join(f"{k}={cfg.get(k)!r}" for k in ARCH_KEYS)
 
 
 class DADF(nn.Module):
@@ -70,18 +96,24 @@ class DADF(nn.Module):
                  backend: str = "auto", backbone_weights: str | None = None, score_scales=None,
                  smooth_sigma: float | None = None, flow_norm: str | None = None, dtype="float32"):
         super().__init__()
-        if preset not in PRESETS:
+        if not isinstance(preset, str) or preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
         cfg = dict(PRESETS[preset])
         for key, val in (("backbone", backbone), ("embed_dim", embed_dim), ("depth", depth),
                          ("num_heads", num_heads), ("flow_steps", flow_steps), ("flow_norm", flow_norm)):
             if val is not None:
                 cfg[key] = val
-        if not isinstance(input_size, int) or input_size < 32 or input_size % 16:
+        # the stride-4 map (input_size/4) is cut into 4x4 patches: input_size must be a multiple of 16
+        if not _is_int(input_size) or input_size < 32 or input_size % 16:
             raise ValueError(f"input_size must be an int >= 32 and a multiple of 16, got {input_size!r}")
+        input_size = int(input_size)
         for key in ("embed_dim", "depth", "num_heads", "flow_steps"):
-            if not isinstance(cfg[key], int) or cfg[key] < 1:
+            if not _is_int(cfg[key]) or cfg[key] < 1:
                 raise ValueError(f"{key} must be a positive int, got {cfg[key]!r}")
+            cfg[key] = int(cfg[key])
+        if isinstance(clamp, bool) or not isinstance(clamp, numbers.Real) or not (math.isfinite(clamp) and clamp > 0):
+            raise ValueError(f"clamp must be a finite number > 0, got {clamp!r}")
+        _check_backend(backend)
         if (3 * cfg["embed_dim"]) % cfg["num_heads"]:
             raise ValueError(f"3*embed_dim ({3 * cfg['embed_dim']}) must be divisible by num_heads ({cfg['num_heads']})")
         if (3 * cfg["embed_dim"]) % 4:
@@ -90,12 +122,15 @@ class DADF(nn.Module):
             raise ValueError(f"flow_norm must be one of {FLOW_NORMS}, got {cfg['flow_norm']!r}")
         compute_dtype = _parse_dtype(dtype)
         preset_scales, preset_sigma = cfg.pop("score_scales"), cfg.pop("smooth_sigma")
-        score_scales = list(preset_scales if score_scales is None else score_scales)
-        if not score_scales or any(s not in (0, 1, 2) for s in score_scales) or len(set(score_scales)) != len(score_scales):
+        scales = preset_scales if score_scales is None else score_scales
+        if isinstance(scales, (str, bytes)) or not hasattr(scales, "__iter__"):
             raise ValueError(f"score_scales must be distinct scale indices from (0, 1, 2), got {score_scales!r}")
-        smooth_sigma = float(preset_sigma if smooth_sigma is None else smooth_sigma)
-        if smooth_sigma < 0:
-            raise ValueError(f"smooth_sigma must be >= 0, got {smooth_sigma}")
+        score_scales = list(scales)
+        if (not score_scales or any(not _is_int(s) or s not in (0, 1, 2) for s in score_scales)
+                or len(set(score_scales)) != len(score_scales)):
+            raise ValueError(f"score_scales must be distinct scale indices from (0, 1, 2), got {score_scales!r}")
+        score_scales = [int(s) for s in score_scales]
+        smooth_sigma = check_sigma(preset_sigma if smooth_sigma is None else smooth_sigma, "smooth_sigma")
         self.config = dict(preset=preset, input_size=input_size, clamp=float(clamp), score_scales=sorted(score_scales),
                            smooth_sigma=smooth_sigma, dtype=_DTYPE_NAMES[compute_dtype], **cfg)
         self.compute_dtype = compute_dtype
@@ -119,7 +154,7 @@ class DADF(nn.Module):
 
     def set_backend(self, backend: str) -> "DADF":
         """Switch every op of the model to ``backend``."""
-        self.backend = backend
+        self.backend = _check_backend(backend)
         self.reconstructor.set_backend(backend)
         for f in self.flows:
             f.set_backend(backend)
@@ -139,24 +174,20 @@ class DADF(nn.Module):
         self.config["dtype"] = _DTYPE_NAMES[self.compute_dtype]
         return self
 
-    def check_images(self, images) -> None:
-        """Raise a clear error unless ``images`` is a finite float ``[B, 3, S, S]`` batch."""
-        s = self.input_size
-        if not isinstance(images, torch.Tensor):
-            raise TypeError(f"images must be a torch.Tensor [B, 3, {s}, {s}], got {type(images).__name__}")
-        if images.dim() != 4:
-            raise ValueError(f"images must be 4-D [B, 3, {s}, {s}], got shape {tuple(images.shape)}")
-        if images.shape[1] != 3:
-            raise ValueError(f"images must have 3 (RGB) channels, got {images.shape[1]} (shape {tuple(images.shape)})")
-        if tuple(images.shape[2:]) != (s, s):
-            raise ValueError(
-                f"images must be {s}x{s} for this model (input_size={s}), got {images.shape[2]}x{images.shape[3]}; "
-                "resize them first (the dataset classes do)"
-            )
-        if not images.is_floating_point():
-            raise TypeError(f"images must be a float tensor (ImageNet-normalised), got {images.dtype}")
-        if not torch.isfinite(images).all():
-            raise ValueError("images contain NaN or Inf values")
+    def check_images(self, images, name: str = "images") -> None:
+        """Raise a one-line error (naming ``name``) unless ``images`` is a finite
+        floating-point ``[B, 3, S, S]`` batch, S = ``input_size`` (any float dtype: the
+        model casts it to its weights' dtype)."""
+        check_images(images, self.input_size, name)
+
+    def _as_model_input(self, images):
+        """``images`` cast to the dtype of the weights (float64/float16 inputs would otherwise
+        fail inside the first convolution); mixed precision is autocast's job, not the input's."""
+        param = next(self.backbone.parameters())
+        if images.device != param.device:
+            raise ValueError(f"images are on {images.device} but the model is on {param.device}; "
+                             f"move them first (images.to({str(param.device)!r}))")
+        return images if images.dtype == param.dtype else images.to(param.dtype)
 
     def features(self, images):
         """Frozen backbone features, a list of contiguous ``[B, C_s, S/4^.., ..]`` maps.
@@ -177,6 +208,9 @@ class DADF(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, images, stage: int | None = None, smooth_sigma: float | None = None):
         self.check_images(images)
+        if smooth_sigma is not None:
+            smooth_sigma = check_sigma(smooth_sigma, "smooth_sigma")
+        images = self._as_model_input(images)
         with self.autocast(images.device.type):
             return self._forward(images, stage, smooth_sigma)
 
@@ -225,26 +259,45 @@ class DADF(nn.Module):
 
     @torch.no_grad()
     def predict(self, images, batch_size: int | None = None, smooth_sigma: float | None = None):
-        """Anomaly maps and scores for ``images [B, 3, S, S]`` (eval mode, no grad);
-        ``smooth_sigma`` overrides the model's configured smoothing.
+        """Anomaly maps and scores for ``images [B, 3, S, S]`` (any floating dtype, on the
+        model's device; eval mode, no grad); ``smooth_sigma`` (finite, >= 0) overrides the
+        model's configured smoothing.
 
-        Returns ``{"anomaly_map": [B, 1, S, S], "score": [B]}``.
+        Returns ``{"anomaly_map": [B, 1, S, S], "score": [B]}``; raises
+        :class:`~dadf_fast.model.inputs.NonFiniteOutputError` rather than return NaN or Inf.
         """
+        self.check_images(images)
+        if images.shape[0] == 0:
+            raise ValueError(f"images is an empty batch (shape {tuple(images.shape)}): nothing to predict")
+        if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
+            raise ValueError(f"batch_size must be None or a positive int, got {batch_size!r}")
+        if smooth_sigma is not None:
+            smooth_sigma = check_sigma(smooth_sigma, "smooth_sigma")
         was_training = self.training
         self.eval()
         try:
-            self.check_images(images)
-            chunks = [images] if batch_size is None else torch.split(images, batch_size)
-            outs = [self(c, smooth_sigma=smooth_sigma) for c in chunks]
+            chunks = [images] if batch_size is None else torch.split(images, int(batch_size))
+            outs, start = [], 0
+            for c in chunks:
+                outs.append(self(c, smooth_sigma=smooth_sigma))
+                check_finite_output(outs[-1], "DADF", offset=start)
+                start += c.shape[0]
         finally:
             self.train(was_training)
         return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
 
     def fit(self, train_data, **kwargs) -> dict:
-        """Two-stage training; see :func:`dadf_fast.training.fit` for the arguments."""
+        """Two-stage training; see :func:`dadf_fast.training.fit` for the arguments.
+
+        ``train_data`` (a tensor ``[N, 3, S, S]`` or a dataset of such images) is checked
+        here first: an empty set, a wrong shape or dtype or NaN/Inf values raise a one-line
+        error naming it, instead of surfacing later as a NaN loss.
+        """
         from ..training import fit  # the training loop lives in the pipeline layer above
 
-        return fit(self, train_data, **kwargs)
+        images = stack_train_images(train_data, self.input_size, "train_data")
+        # the training loop feeds the backbone directly: cast here, as forward does
+        return fit(self, images.to(next(self.backbone.parameters()).dtype), **kwargs)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path, extra: dict | None = None) -> None:
@@ -258,33 +311,83 @@ class DADF(nn.Module):
         }
         atomic_torch_save(payload, path)
 
+    def _state_dict_mismatch(self, state_dict) -> str | None:
+        """One line saying how ``state_dict`` fails to fit this model (None when it fits)."""
+        problem = state_dict_mismatch(self.state_dict(), state_dict)
+        if problem and any(k.startswith("backbone.") for k in set(self.state_dict()) ^ set(state_dict)):
+            problem += f"; the backbone weights are not those of {self.config['backbone']!r}"
+        return problem
+
+    def _check_state_dict(self, state_dict, source: str, target: str = "this DADF") -> None:
+        problem = self._state_dict_mismatch(state_dict)
+        if problem:
+            raise CheckpointError(f"{source}: the weights do not fit {target} ({_describe(self.config)}): {problem}")
+        bad = first_nonfinite(state_dict)
+        if bad is not None:
+            raise CheckpointError(f"{source}: {bad!r} holds NaN or Inf values (the weights are damaged)")
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict``, but a strict load of weights that do not fit (another
+        backbone or size) or that hold NaN/Inf raises one line saying so, not torch's
+        key-by-key listing."""
+        if strict:
+            self._check_state_dict(state_dict, "state_dict")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     @classmethod
     def read_checkpoint(cls, path) -> dict:
-        """Read and validate a checkpoint file (``torch.load(weights_only=True)``: no code runs)."""
+        """Read and validate a checkpoint file (``torch.load(weights_only=True)``: no code runs).
+
+        Returns the payload dict (``config``, ``state_dict`` and any ``extra`` entries)."""
         path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"checkpoint not found: {path!r}")
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"checkpoint {path!r} is not a readable dadf-fast checkpoint ({type(exc).__name__}: {exc})") from exc
-        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"checkpoint {path!r} is not a dadf-fast checkpoint (no 'format': {CHECKPOINT_FORMAT!r} entry)")
-        if payload.get("version") != CHECKPOINT_VERSION:
-            raise ValueError(f"checkpoint {path!r} has version {payload.get('version')!r}; this dadf-fast reads {CHECKPOINT_VERSION}")
-        if not isinstance(payload.get("config"), dict) or not isinstance(payload.get("state_dict"), dict):
-            raise ValueError(f"checkpoint {path!r} is missing its config or state_dict")
+        payload = read_checkpoint_file(path)
+        cls.check_payload(payload, path)
         return payload
 
     @classmethod
+    def check_payload(cls, payload, path) -> None:
+        """Raise one line unless ``payload`` (a loaded file) is a DADF checkpoint of this version."""
+        path = os.fspath(path)
+        fmt = payload.get("format") if isinstance(payload, dict) else None
+        if fmt != CHECKPOINT_FORMAT:
+            what = f"its format is {fmt!r}" if fmt is not None else "it has no 'format' entry"
+            hint = ("; dadf_fast.baselines.load_detector opens every detector checkpoint"
+                    if isinstance(fmt, str) else "")
+            raise CheckpointError(f"checkpoint {path!r} is not a dadf-fast checkpoint ({what}, expected "
+                                  f"{CHECKPOINT_FORMAT!r}){hint}")
+        if payload.get("version") != CHECKPOINT_VERSION:
+            raise CheckpointError(f"checkpoint {path!r} has version {payload.get('version')!r}; this dadf-fast reads "
+                                  f"{CHECKPOINT_VERSION}")
+        if not isinstance(payload.get("config"), dict) or not isinstance(payload.get("state_dict"), dict):
+            raise CheckpointError(f"checkpoint {path!r} is missing its config or state_dict")
+
+    @classmethod
     def load(cls, path, backend: str = "auto", map_location="cpu") -> "DADF":
-        """Rebuild a model saved with :meth:`save` (no network: the weights are in the file)."""
-        payload = cls.read_checkpoint(path)
+        """Rebuild the model a checkpoint written by :meth:`save` describes (its preset,
+        backbone and sizes; no network: the weights are in the file).  Refuses a file whose
+        config is invalid, whose weights do not fit that config or hold NaN/Inf."""
+        return cls.from_checkpoint(cls.read_checkpoint(path), path, backend=backend, map_location=map_location)
+
+    @classmethod
+    def from_checkpoint(cls, payload: dict, path, backend: str = "auto", map_location="cpu") -> "DADF":
+        """:meth:`load` on a payload already read (and checked) by :meth:`read_checkpoint`;
+        ``path`` only names the file in errors."""
+        path = os.fspath(path)
+        _check_backend(backend)
         cfg = dict(payload["config"])
         cfg.setdefault("flow_norm", "image")  # checkpoints written before the option existed
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "pretrained", "backend",
+                                                                      "backbone_weights"}
+        unknown = sorted(set(cfg) - accepted)
+        if unknown:
+            raise CheckpointError(f"checkpoint {path!r} has unknown config entries {unknown} "
+                                  "(written by a newer dadf-fast?)")
+        if "preset" not in cfg:
+            raise CheckpointError(f"checkpoint {path!r} has no 'preset' in its config")
         try:
-            model = cls(preset=cfg.pop("preset"), pretrained=False, backend=backend, **cfg)
-            model.load_state_dict(payload["state_dict"])
-        except (TypeError, KeyError, RuntimeError) as exc:
-            raise ValueError(f"checkpoint {os.fspath(path)!r} does not match its config: {exc}") from exc
+            model = cls(pretrained=False, backend=backend, **cfg)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {path!r} has an invalid config: {exc}") from exc
+        model._check_state_dict(payload["state_dict"], f"checkpoint {path!r}", "its own config")
+        nn.Module.load_state_dict(model, payload["state_dict"])
         return model.to(map_location)

@@ -4,9 +4,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .inputs import check_sigma
+
 
 def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian blur of ``[B, 1, H, W]`` maps (separable, truncated at 4 sigma, reflect padding)."""
+    """Gaussian blur of ``[B, 1, H, W]`` maps (separable, truncated at 4 sigma, reflect padding);
+    ``sigma`` must be a finite number >= 0 (0: the maps unchanged)."""
+    sigma = check_sigma(sigma, "sigma")
     if not sigma:
         return maps
     radius = int(4 * sigma + 0.5)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from typing import Callable
 
 import torch
@@ -23,9 +24,12 @@ class Op:
     name: str
     backends: dict  # backend name -> zero-arg loader returning the implementation
     dtype_reasons: Callable[[str, str, torch.dtype], str | None] = lambda backend, dev, dtype: None
+    # shape limits: (backend, limit key) -> reason or None; the key is a small hashable summary
+    # of the inputs that the op computes (e.g. dual_attention's head dim), part of the cache key
+    limit_reasons: Callable[[str, object], str | None] = lambda backend, key: None
     _cache: dict = dataclasses.field(default_factory=dict, repr=False)
 
-    def reason(self, backend: str, device: torch.device, dtype: torch.dtype) -> str | None:
+    def reason(self, backend: str, device: torch.device, dtype: torch.dtype, key=None) -> str | None:
         """Why ``backend`` cannot run this op on such tensors (None when it can)."""
         if backend not in self.backends:
             return f"the {backend!r} backend does not implement {self.name}"
@@ -35,36 +39,42 @@ class Op:
         r = self.dtype_reasons(backend, device.type, dtype)
         if r:
             return r
+        if key is not None:
+            r = self.limit_reasons(backend, key)
+            if r:
+                return r
         try:
             self.backends[backend]()
         except BackendUnavailable as exc:
             return str(exc)
         return None
 
-    def select(self, backend: str, device: torch.device, dtype: torch.dtype) -> tuple[str, Callable]:
+    def select(self, backend: str, device: torch.device, dtype: torch.dtype, key=None) -> tuple[str, Callable]:
         """Resolve ``backend`` ("auto" or a name) to ``(name, implementation)``.
 
-        Successful resolutions are cached per (backend, device type, dtype), so that code
-        traced by ``torch.compile`` after a first eager call only sees a dict lookup (the
-        first resolution may import a kernel module, which Dynamo cannot trace).
+        Successful resolutions are cached per (backend, device type, dtype, limit key), so
+        that code traced by ``torch.compile`` after a first eager call only sees a dict
+        lookup (the first resolution may import a kernel module, which Dynamo cannot trace).
         """
-        key = (backend, device.type, dtype)
-        hit = self._cache.get(key)
+        if not isinstance(backend, str):
+            raise ValueError(f"{self.name}: backend must be one of {('auto',) + BACKEND_NAMES}, got {backend!r}")
+        ck = (backend, device.type, dtype, key)
+        hit = self._cache.get(ck)
         if hit is not None:
             return hit
-        hit = self._resolve(backend, device, dtype)
-        self._cache[key] = hit
+        hit = self._resolve(backend, device, dtype, key)
+        self._cache[ck] = hit
         return hit
 
-    def _resolve(self, backend: str, device: torch.device, dtype: torch.dtype) -> tuple[str, Callable]:
+    def _resolve(self, backend: str, device: torch.device, dtype: torch.dtype, key=None) -> tuple[str, Callable]:
         if backend == "auto":
             for name in AUTO_ORDER.get(device.type, ("torch",)):
-                if self.reason(name, device, dtype) is None:
+                if self.reason(name, device, dtype, key) is None:
                     return name, self.backends[name]()
             return "torch", self.backends["torch"]()
         if backend not in BACKEND_NAMES:
             raise ValueError(f"{self.name}: backend must be one of {('auto',) + BACKEND_NAMES}, got {backend!r}")
-        r = self.reason(backend, device, dtype)
+        r = self.reason(backend, device, dtype, key)
         if r:
             raise BackendUnavailable(f"{self.name}: backend {backend!r} cannot run on {device.type} {dtype}: {r}")
         return backend, self.backends[backend]()
@@ -103,6 +113,29 @@ def check_float(name: str, t: torch.Tensor) -> None:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if not t.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+
+
+def check_number(op: str, name: str, v, positive: bool = False) -> float:
+    """``v`` as a float; raise unless it is a finite real number (``> 0`` when ``positive``).
+
+    bool and str are rejected on purpose: ``float(True)`` and ``float("0.5")`` would succeed
+    and silently turn a mistaken argument into a value."""
+    import numbers
+
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{op}: {name} must be a real number, got {type(v).__name__} {v!r}")
+    f = float(v)
+    if not math.isfinite(f) or (positive and not f > 0):
+        raise ValueError(f"{op}: {name} must be a finite{' positive' if positive else ''} number, got {v!r}")
+    return f
+
+
+def check_flag(op: str, name: str, v) -> bool:
+    """``v`` unchanged; raise unless it is a bool (``bool("False")`` is True: a string or an int
+    would silently pick a branch)."""
+    if not isinstance(v, bool):
+        raise TypeError(f"{op}: {name} must be True or False, got {type(v).__name__} {v!r}")
+    return v
 
 
 def check_same(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .. import reference
-from ._dispatch import Op, autocast_off, check_float, check_same, lazy
+from ._dispatch import Op, autocast_off, check_flag, check_float, check_number, check_same, lazy
 
 
 def _dtype_reasons(backend, device_type, dtype):
@@ -28,13 +28,33 @@ OP = Op(
 )
 
 
+def as_permutation(perm, channels: int, device: torch.device) -> torch.Tensor:
+    """``perm`` as an int64 ``[channels]`` tensor on ``device``; raise unless it is a
+    permutation of ``0..channels-1``.
+
+    A list/tuple/range of Python ints is converted (on ``device``); a tensor must already be
+    int64 and on ``device`` (no hidden copies between devices)."""
+    if isinstance(perm, (list, tuple, range)):
+        if not all(isinstance(p, int) and not isinstance(p, bool) for p in perm):
+            raise TypeError("affine_coupling: perm given as a sequence must hold Python ints, got "
+                            f"{[type(p).__name__ for p in perm]}")
+        perm = torch.tensor(list(perm), dtype=torch.int64, device=device)
+    elif not isinstance(perm, torch.Tensor):
+        raise TypeError(f"affine_coupling: perm must be an int64 tensor or a sequence of ints, got {type(perm).__name__}")
+    check_permutation(perm, channels)
+    if perm.device != device:
+        raise ValueError(f"affine_coupling: perm is on {perm.device} but x is on {device}")
+    return perm
+
+
 def check_permutation(perm: torch.Tensor, channels: int) -> None:
     """Raise unless ``perm`` is an int64 ``[channels]`` permutation of ``0..channels-1``."""
     if not isinstance(perm, torch.Tensor) or perm.dtype != torch.int64:
         raise TypeError(f"perm must be an int64 tensor, got {getattr(perm, 'dtype', type(perm).__name__)}")
     if perm.shape != (channels,):
         raise ValueError(f"perm must have shape [{channels}], got {tuple(perm.shape)}")
-    # on GPU this check would cost a host sync per call; under torch.compile it is data-dependent
+    # on GPU this check would cost a host sync per call (the kernels guard their loads
+    # instead); under torch.compile it is data-dependent
     if perm.device.type == "cpu" and not torch.compiler.is_compiling():
         if not torch.equal(torch.sort(perm).values, torch.arange(channels)):
             raise ValueError("perm must be a permutation of 0..C-1 (each channel exactly once)")
@@ -45,9 +65,18 @@ def affine_coupling(x, a, g, b, perm, clamp=2.0, a_scale=0.1, reverse=False, bac
     """Affine coupling step with FrEIA ``AllInOneBlock`` semantics
     (see :func:`dadf_fast.reference.affine_coupling`).
 
+    Non-finite values: the permutation is a pure gather, so an inf/NaN in ``x`` stays in
+    the one output element it is permuted to (and whatever the coupling makes of it there);
+    it never spreads over the other channels of its pixel (FrEIA's dense 0/1 convolution
+    would make them NaN through ``0 * inf``).  The log-det depends on ``a`` and ``g`` only.
+    Every backend follows this, forward and reverse.
+
     Args:
         x: ``[B, C, H, W]`` (C >= 2).  a: ``[B, 2*(C//2), H, W]`` raw subnet output.
-        g, b: ``[C]`` activated global scale and offset.  perm: ``[C]`` int64.
+        g, b: ``[C]`` activated global scale and offset.
+        perm: ``[C]`` int64 tensor on x's device, or a list/tuple of ints; a permutation
+            of ``0..C-1`` (checked on CPU; on GPU a bad entry yields NaN, never a bad read).
+        clamp: finite number > 0.  a_scale: finite number.  reverse: bool.
         backend: ``"auto"``, ``"torch"``, ``"triton"`` or ``"cpp"``.
         compute_logdet: when False (inference: scoring needs only ``y``) the log-det is not
             returned (``None``); the cpp backend then skips its reduction, the torch and
@@ -70,16 +99,16 @@ def affine_coupling(x, a, g, b, perm, clamp=2.0, a_scale=0.1, reverse=False, bac
     for n, t in (("g", g), ("b", b)):
         if tuple(t.shape) != (c,):
             raise ValueError(f"affine_coupling: {n} must have shape [{c}], got {tuple(t.shape)}")
-    if perm.device != x.device:
-        raise ValueError(f"perm is on {perm.device} but x is on {x.device}")
-    check_permutation(perm, c)
-    if not clamp > 0:
-        raise ValueError(f"affine_coupling: clamp must be > 0, got {clamp}")
+    perm = as_permutation(perm, c, x.device)
+    clamp = check_number("affine_coupling", "clamp", clamp, positive=True)
+    a_scale = check_number("affine_coupling", "a_scale", a_scale)
+    check_flag("affine_coupling", "reverse", reverse)
+    check_flag("affine_coupling", "compute_logdet", compute_logdet)
     name, impl = OP.select(backend, x.device, x.dtype)
     with autocast_off(x.device):
         if compute_logdet:
-            return impl(x, a, g, b, perm, float(clamp), float(a_scale), bool(reverse))
+            return impl(x, a, g, b, perm, clamp, a_scale, reverse)
         if name == "cpp":
-            return impl(x, a, g, b, perm, float(clamp), float(a_scale), bool(reverse), False)
-        y, _ = impl(x, a, g, b, perm, float(clamp), float(a_scale), bool(reverse))
+            return impl(x, a, g, b, perm, clamp, a_scale, reverse, False)
+        y, _ = impl(x, a, g, b, perm, clamp, a_scale, reverse)
     return y, None

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .. import reference
-from ._dispatch import Op, check_float, check_same, lazy
+from ._dispatch import Op, check_float, check_number, check_same, lazy
 
 
 def _dtype_reasons(backend, device_type, dtype):
@@ -15,6 +15,17 @@ def _dtype_reasons(backend, device_type, dtype):
     return None
 
 
+# the Triton kernels' largest head dim (dadf_fast.kernels.dual_attention.MAX_HEAD_DIM; not
+# imported from there: importing a kernel module imports triton)
+TRITON_MAX_HEAD_DIM = 256
+
+
+def _limit_reasons(backend, head_dim):
+    if backend == "triton" and head_dim > TRITON_MAX_HEAD_DIM:
+        return f"the Triton dual-attention kernel supports head dims up to {TRITON_MAX_HEAD_DIM}, got D={head_dim}"
+    return None
+
+
 OP = Op(
     name="dual_attention",
     backends={
@@ -22,6 +33,7 @@ OP = Op(
         "triton": lazy("dadf_fast.kernels.dual_attention", "dual_attention_triton", "the Triton dual-attention kernel"),
     },
     dtype_reasons=_dtype_reasons,
+    limit_reasons=_limit_reasons,
 )
 
 
@@ -31,10 +43,11 @@ def dual_attention(qx, kx, vx, qm, vm, scale=None, backend="auto"):
 
     Args:
         qx, kx, vx, qm, vm: ``[B, H, N, D]`` tensors (any strides), same dtype and device.
-        scale: softmax scale, default ``1/sqrt(D)``.
+        scale: softmax scale, a finite number > 0 (default ``1/sqrt(D)``).
         backend: ``"auto"``, ``"torch"`` or ``"triton"``.
     Returns:
-        ``(ox, om)``, each ``[B, H, N, D]``.
+        ``(ox, om)``, each ``[B, H, N, D]`` (empty when B, H or N is 0).  D must be >= 1:
+        with no features the scores and the default scale are undefined.
     """
     names = ("qx", "kx", "vx", "qm", "vm")
     tensors = (qx, kx, vx, qm, vm)
@@ -48,7 +61,9 @@ def dual_attention(qx, kx, vx, qm, vm, scale=None, backend="auto"):
                 f"dual_attention: {n} has shape {tuple(t.shape)} but qx has {tuple(qx.shape)}; "
                 "all five inputs must be [B, H, N, D] with the same sizes"
             )
-    if scale is not None and not (float(scale) > 0):
-        raise ValueError(f"dual_attention: scale must be a positive number or None, got {scale!r}")
-    _, impl = OP.select(backend, qx.device, qx.dtype)
+    if qx.shape[-1] == 0:
+        raise ValueError(f"dual_attention: the head dim D (last dim of qx, ...) must be >= 1, got shape {tuple(qx.shape)}")
+    if scale is not None:
+        scale = check_number("dual_attention", "scale", scale, positive=True)
+    _, impl = OP.select(backend, qx.device, qx.dtype, key=qx.shape[-1])
     return impl(qx, kx, vx, qm, vm, scale)

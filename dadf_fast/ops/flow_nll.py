@@ -21,10 +21,12 @@ OP = Op(
 
 
 def flow_nll(z, logdet, backend="auto"):
-    """``0.5 * sum(z^2) - logdet`` per sample.
+    """``0.5 * sum(z^2) - logdet`` per sample, accumulated in float32 (float64 for float64
+    inputs) and returned in z's dtype.
 
     Args:
-        z: ``[B, ...]`` latent.  logdet: ``[B]``.
+        z: ``[B, ...]`` latent; a 1-D ``[B]`` z is one value per sample (``0.5 z^2 - logdet``).
+        logdet: ``[B]``, same dtype and device as z.
         backend: ``"auto"``, ``"torch"`` or ``"cpp"``.
     Returns:
         ``[B]``.
@@ -33,7 +35,7 @@ def flow_nll(z, logdet, backend="auto"):
     check_float("logdet", logdet)
     check_same("logdet", logdet, "z", z)
     if z.dim() < 1:
-        raise ValueError("flow_nll: z must have a batch dimension")
+        raise ValueError(f"flow_nll: z must be [B, ...] with a batch dimension, got a {z.dim()}-D tensor")
     if tuple(logdet.shape) != (z.shape[0],):
         raise ValueError(f"flow_nll: logdet must have shape [{z.shape[0]}] (one per sample of z), got {tuple(logdet.shape)}")
     _, impl = OP.select(backend, z.device, z.dtype)

@@ -25,16 +25,33 @@ OP = Op(
 )
 
 
-def normalize_size(out_size) -> tuple[int, int]:
-    if isinstance(out_size, int):
-        out_size = (out_size, out_size)
-    try:
-        hh, ww = (int(v) for v in out_size)
-    except (TypeError, ValueError):
-        raise ValueError(f"out_size must be an int or (H, W), got {out_size!r}") from None
-    if hh <= 0 or ww <= 0:
+def _size_value(v, out_size) -> int:
+    import numbers
+
+    # bool is an int to Python and "16" iterates to ("1", "6"): both are mistakes, not sizes
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or isinstance(v, str):
+        raise TypeError(f"out_size must be a positive int or a pair (H, W) of positive ints, got {out_size!r}")
+    if isinstance(v, numbers.Integral):
+        n = int(v)
+    elif float(v).is_integer():
+        n = int(v)
+    else:
+        raise ValueError(f"out_size must hold whole numbers, got {out_size!r} (a fraction would be truncated)")
+    if n <= 0:
         raise ValueError(f"out_size must be positive, got {out_size!r}")
-    return hh, ww
+    return n
+
+
+def normalize_size(out_size) -> tuple[int, int]:
+    """``out_size`` (an int, or a pair of ints) as ``(H, W)``; raise a TypeError/ValueError
+    naming out_size for anything else (bool, str, fractions, non-positive, wrong length)."""
+    if isinstance(out_size, torch.Tensor):
+        out_size = out_size.tolist()
+    if isinstance(out_size, (str, bytes)) or not isinstance(out_size, (list, tuple, torch.Size)):
+        return (_size_value(out_size, out_size),) * 2
+    if len(out_size) != 2:
+        raise ValueError(f"out_size must be an int or a pair (H, W), got {out_size!r} ({len(out_size)} values)")
+    return _size_value(out_size[0], out_size), _size_value(out_size[1], out_size)
 
 
 def multiscale_score(zs, out_size, reduce="max", backend="auto"):
@@ -42,7 +59,7 @@ def multiscale_score(zs, out_size, reduce="max", backend="auto"):
 
     Args:
         zs: non-empty list of ``[B, C_s, h_s, w_s]`` latents (same B, dtype, device).
-        out_size: int or ``(H, W)``.  reduce: ``"max"`` or ``"mean"`` of the map.
+        out_size: a positive int or a pair ``(H, W)`` of positive ints.  reduce: ``"max"`` or ``"mean"`` of the map.
         backend: ``"auto"``, ``"torch"`` or ``"cpp"``.
     Returns:
         ``(anomaly_map [B, 1, H, W], score [B])``.
@@ -61,7 +78,7 @@ def multiscale_score(zs, out_size, reduce="max", backend="auto"):
         if z.numel() == 0:
             raise ValueError(f"multiscale_score: zs[{i}] is empty (shape {tuple(z.shape)})")
     size = normalize_size(out_size)
-    if reduce not in REDUCTIONS:
+    if not isinstance(reduce, str) or reduce not in REDUCTIONS:
         raise ValueError(f"multiscale_score: reduce must be one of {REDUCTIONS}, got {reduce!r}")
     _, impl = OP.select(backend, zs[0].device, zs[0].dtype)
     with autocast_off(zs[0].device):

@@ -1,6 +1,7 @@
 """Pure-torch reference implementations: the source of truth every fast backend is tested
-against.  Plain, readable torch that follows the official DADF / FrEIA computation, dense
-permutation included.  This package imports nothing else from ``dadf_fast``.
+against.  Plain, readable torch that follows the official DADF / FrEIA computation (the hard
+permutation as a gather, which equals FrEIA's dense 0/1 convolution on finite input and keeps
+a non-finite value in its channel).  This package imports nothing else from ``dadf_fast``.
 """
 from .affine_coupling import affine_coupling, permutation_matrix
 from .dual_attention import dual_attention
