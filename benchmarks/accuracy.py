@@ -69,6 +69,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-test-good", type=int, default=10)
     p.add_argument("--n-test-defect", type=int, default=20)
     p.add_argument("--out", default="runs/accuracy", help="data and checkpoints go here (default: runs/accuracy)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the checkpoints of an earlier run under --out (refused otherwise)")
     p.add_argument("--json", help="write all results as JSON here")
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", default="auto", help="DADF kernel backend (default: auto)")
@@ -87,13 +89,15 @@ def _fit(method: str, train, args, out_dir: str):
         model = DADF("lite", input_size=args.image_size, backend=args.backend, flow_norm=args.flow_norm).to(args.device)
         res = model.fit(train, recipe=args.recipe, epochs_recon=args.epochs_recon, epochs_flow=args.epochs_flow,
                         iters_flow=args.iters_flow,
-                        seed=args.seed, out_dir=out_dir, progress=not args.quiet, log=lambda *a: None)
+                        seed=args.seed, out_dir=out_dir, overwrite=args.overwrite, progress=not args.quiet,
+                        log=lambda *a: None)
         info = {"recipe": args.recipe, "epochs_recon": len(res["loss_recon"]), "epochs_flow": len(res["loss_flow"]),
                 "final_loss_flow": res["loss_flow"][-1] if res["loss_flow"] else None}
     else:
         model = KNNDetector(input_size=args.image_size, coreset_ratio=args.coreset_ratio,
                             seed=args.seed).to(args.device)
-        res = model.fit(train, out_dir=out_dir, progress=not args.quiet, log=lambda *a: None)
+        res = model.fit(train, out_dir=out_dir, overwrite=args.overwrite, progress=not args.quiet,
+                        log=lambda *a: None)
         info = {"memory_size": res["memory_size"], "coreset_ratio": args.coreset_ratio}
     return model, info
 

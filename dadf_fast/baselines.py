@@ -16,6 +16,8 @@ ImageNet backbone features DADF uses:
 """
 from __future__ import annotations
 
+import contextlib
+
 import inspect
 import math
 import os
@@ -202,18 +204,27 @@ class KNNDetector(nn.Module):
     # ------------------------------------------------------------------ training
     @torch.no_grad()
     def fit(self, train_data, progress: bool = True, log=print, out_dir: str | None = None,
-            batch_size: int = 16, seed: int | None = None, **ignored) -> dict:
+            batch_size: int = 16, seed: int | None = None, overwrite: bool = False, **ignored) -> dict:
         """Fill the memory bank with the patch features of the normal images ``train_data``
         (a tensor ``[N, 3, S, S]`` or a dataset whose items have an ``image``).
 
         ``seed`` (optional) replaces the configured coreset seed; DADF's training arguments
         (``recipe``, ``epochs_recon``, ...) are accepted and ignored.  With ``out_dir``, the
-        fitted detector is written to ``out_dir/model.pt``.  Returns ``{"memory_size",
+        fitted detector is written to ``out_dir/model.pt``; the folder is checked (and locked)
+        before any work and must be new or empty unless ``overwrite``.  Returns ``{"memory_size",
         "n_patches", "seconds": {"features", "coreset"}}``.
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         images = stack_train_images(train_data, self.input_size, "train_data")
+        with contextlib.ExitStack() as stack:
+            if out_dir:
+                from ._io import prepare_output_dir
+
+                stack.enter_context(prepare_output_dir(out_dir, overwrite=overwrite, what="out_dir"))
+            return self._fit(images, progress, log, out_dir, batch_size, seed)
+
+    def _fit(self, images, progress, log, out_dir, batch_size, seed) -> dict:
         if seed is not None:
             self.config["seed"] = int(seed)
         log = log or (lambda *a: None)

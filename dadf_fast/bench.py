@@ -13,7 +13,7 @@ For each preset and batch size it times, on random images:
 
 for the variants
 
-* ``torch``: ``backend="torch"``, the reference computation (dense permutation);
+* ``torch``: ``backend="torch"``, the reference computation (permutation as a gather);
 * ``compile``: ``torch.compile`` of the reference model's inference function and stage loss
   functions (the optimizer step stays eager); a failure to compile becomes the row's note;
 * ``auto``: ``backend="auto"``, the fastest backends available (C++ on CPU; Triton/CUDA on GPU);
@@ -238,7 +238,7 @@ def run_bench(preset="lite", batch_sizes=None, quick: bool = False, csv: str | N
               device: str = "cpu", backends=None, print_fn=print, plot: str | None = None,
               json_path: str | None = None, tasks=TASKS, dtype: str = "float32", reps: int | None = None,
               warmup: int | None = None, input_size: int = 256, split: bool = True,
-              model_kwargs: dict | None = None, threads: int | None = None) -> list:
+              model_kwargs: dict | None = None, threads: int | None = None, overwrite: bool = False) -> list:
     """Run the suite and return one dict per row (keys: :data:`COLUMNS`).
 
     Args:
@@ -254,7 +254,8 @@ def run_bench(preset="lite", batch_sizes=None, quick: bool = False, csv: str | N
         input_size: image side (256 in the presets; smaller only for tests).
         split: time the inference stages one by one (backbone/transformer/flows/scoring).
         model_kwargs: extra :class:`dadf_fast.DADF` arguments (e.g. ``depth=1`` in tests).
-        csv, json_path, plot: output files (a CSV table, a JSON list of rows, a PNG bar plot).
+        csv, json_path, plot: output files (a CSV table, a JSON list of rows, a PNG bar plot),
+            checked before anything runs: distinct, writable, and not existing unless ``overwrite``.
     """
     from . import DADF
 
@@ -280,6 +281,14 @@ def run_bench(preset="lite", batch_sizes=None, quick: bool = False, csv: str | N
         raise ValueError(f"dtype must be a floating dtype name (float32, bfloat16, float16), got {dtype!r}")
     reps = reps if reps is not None else (2 if quick else 5)
     warmup = warmup if warmup is not None else 1
+    for name, value, low in (("reps", reps, 1), ("warmup", warmup, 0), ("input_size", input_size, 32)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    if not batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batch_sizes):
+        raise ValueError(f"batch_sizes must be ints >= 1, got {batch_sizes!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be None or an int >= 1, got {threads!r}")
+    _check_outputs({"csv": csv, "json_path": json_path, "plot": plot}, overwrite)
     if threads:
         torch.set_num_threads(int(threads))
 
@@ -329,6 +338,21 @@ def run_bench(preset="lite", batch_sizes=None, quick: bool = False, csv: str | N
     if plot:
         write_plot(rows, plot, title=header)
     return rows
+
+
+def _check_outputs(files: dict, overwrite: bool) -> None:
+    """Every output file (``{argument name: path or None}``) is usable before the (long) suite
+    runs: see :func:`dadf_fast._io.prepare_output_file`."""
+    from ._io import OutputPathError, prepare_output_file
+
+    given = {k: os.fspath(v) for k, v in files.items() if v}
+    seen = {}
+    for name, path in given.items():
+        key = os.path.normcase(os.path.abspath(path))
+        if key in seen:
+            raise OutputPathError(f"{name} and {seen[key]} name the same file {path}; give each its own")
+        seen[key] = name
+        prepare_output_file(path, overwrite=overwrite, what=name)
 
 
 def _error_note(variant, exc) -> str:
@@ -481,18 +505,21 @@ def write_plot(rows, path, title: str = "") -> None:
     ax.set_title("where inference time goes", fontsize=9)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    from ._io import atomic_open
+
+    fmt = os.path.splitext(os.fspath(path))[1].lstrip(".").lower() or "png"
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, dpi=110, format=fmt)
     plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- FLOPs (roofline)
 def stage_flops(preset: str = "lite", input_size: int = 256) -> dict:
     """Matmul/conv FLOPs per image of each stage (``torch.utils.flop_counter``, batch 1, the
-    reference computation; elementwise work is not counted).  ``flows_dense_perm`` is the part
-    of ``flows`` spent in the dense permutation convolutions that the fast path replaces by a
-    gather; ``stage1_train``/``stage2_train`` are forward + backward of the stage loss."""
+    official computation; elementwise work is not counted).  ``flows`` counts the flows as
+    FrEIA computes them, and ``flows_dense_perm`` is the part of it spent in FrEIA's dense
+    permutation convolutions (counted analytically: the reference and the fast path apply the
+    permutation as a gather, which has no FLOPs); ``stage1_train``/``stage2_train`` are forward + backward of the stage loss."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from . import DADF
@@ -515,9 +542,10 @@ def stage_flops(preset: str = "lite", input_size: int = 256) -> dict:
         local, glob = model.reconstructor(feats)
         inputs = model.flow_inputs(feats, local, glob)
         scored = model.config["score_scales"]
-        out["flows"] = count(lambda: [model.flows[s](inputs[s], compute_logdet=False) for s in scored])
         out["flows_dense_perm"] = sum(2 * model.flows[s].channels ** 2 * inputs[s].shape[2] * inputs[s].shape[3]
                                       * len(model.flows[s].steps) for s in scored)
+        out["flows"] = (count(lambda: [model.flows[s](inputs[s], compute_logdet=False) for s in scored])
+                        + out["flows_dense_perm"])
     f1 = [f.clone() for f in feats]
     out["stage1_train"] = count(lambda: reconstruction_loss(f1, *model.reconstructor(f1)).backward())
     out["stage2_train"] = count(lambda: model.flow_loss(inputs).backward())
@@ -540,9 +568,11 @@ def coupling_bytes(preset: str = "lite", input_size: int = 256, itemsize: int = 
 
 # ----------------------------------------------------------------------------- command line
 def add_arguments(p) -> None:
+    from .cli import positive_int, nonnegative_int
+
     p.add_argument("--preset", nargs="+", default=["lite"], choices=["lite", "paper"],
                    help="preset(s) to run (default: lite)")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=None,
+    p.add_argument("--batch-sizes", type=positive_int, nargs="+", default=None,
                    help="default: 1 8 on CPU, 1 8 32 on GPU")
     p.add_argument("--quick", action="store_true",
                    help="lite only, batch 1 and 8, 2 reps, torch and auto only (about a minute on a 2-core CPU)")
@@ -550,18 +580,21 @@ def add_arguments(p) -> None:
                    help="default: torch compile auto (quick: torch auto)")
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--reps", type=int, default=None, help="timed calls per row (default 5, quick 2)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed calls per row (default 1)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--reps", type=positive_int, default=None, help="timed calls per row (default 5, quick 2)")
+    p.add_argument("--warmup", type=nonnegative_int, default=None, help="untimed calls per row (default 1)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--no-split", action="store_true", help="skip the per-stage inference split")
     p.add_argument("--flops", action="store_true", help="also print FLOPs per image of each stage")
-    p.add_argument("--csv", help="write the rows as CSV here")
-    p.add_argument("--json", help="write the rows as JSON here")
-    p.add_argument("--plot", help="write a PNG bar plot here")
+    p.add_argument("--csv", help="write the rows as CSV here (an existing file is refused unless --overwrite)")
+    p.add_argument("--json", help="write the rows as JSON here (an existing file is refused unless --overwrite)")
+    p.add_argument("--plot", help="write a PNG bar plot here (an existing file is refused unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing --csv/--json/--plot files")
     p.add_argument("--device", default="cpu")
 
 
 def main(args, print_fn=print) -> list:
+    # every output path is checked before the first measurement, not after the whole suite
+    _check_outputs({"--csv": args.csv, "--json": args.json, "--plot": args.plot}, args.overwrite)
     if args.flops:
         for pname in args.preset:
             fl = stage_flops(pname)
@@ -570,7 +603,8 @@ def main(args, print_fn=print) -> list:
     return run_bench(preset=args.preset, batch_sizes=args.batch_sizes, quick=args.quick, csv=args.csv,
                      device=args.device, backends=args.variants, plot=args.plot, json_path=args.json,
                      tasks=tuple(args.tasks), dtype=args.dtype, reps=args.reps, warmup=args.warmup,
-                     split=not args.no_split, threads=args.threads, print_fn=print_fn)
+                     split=not args.no_split, threads=args.threads, print_fn=print_fn,
+                     overwrite=args.overwrite)
 
 
 __all__ = ["run_bench", "time_fn", "write_csv", "write_plot", "stage_flops", "coupling_bytes", "COLUMNS",

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
 import sys
 
@@ -13,10 +15,58 @@ class UserError(Exception):
     """An error in what the user asked for: printed as one line, exit code 2."""
 
 
+# ----------------------------------------------------------------------------- argument types
+# argparse turns an ArgumentTypeError into a one-line usage error (exit code 2) naming the option
+def _int_at_least(low: int, high: int | None = None):
+    want = f"an integer >= {low}" + (f" and <= {high}" if high is not None else "")
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = _int_at_least(1)
+nonnegative_int = _int_at_least(0)
+seed_int = _int_at_least(0, 2**32 - 1)
+
+
+def input_size(text: str) -> int:
+    """Image side: a multiple of 16 in [32, 4096] (the backbone's stride 16, and sane memory)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < 32 or value > 4096 or value % 16:
+        raise argparse.ArgumentTypeError(f"expected a multiple of 16 from 32 to 4096, got {text!r}")
+    return value
+
+
+def sigma(text: str) -> float:
+    """A Gaussian sigma in pixels: a finite number >= 0 (0: no smoothing)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+OUT_RULE = ("must be a new or empty folder unless --overwrite; outputs never replace an input file, "
+            "and one folder takes one run at a time")
+
+
 def _add_common(p, checkpoint=False):
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
-    p.add_argument("--batch-size", type=int, default=8, help="batch size (default: 8)")
-    p.add_argument("--workers", type=int, default=0,
+    p.add_argument("--batch-size", type=positive_int, default=8, help="batch size (default: 8)")
+    p.add_argument("--workers", type=nonnegative_int, default=0,
                    help="data-loading worker processes for test (default: 0; training caches features once)")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton", "cpp"],
                    help="kernel backend (default: auto)")
@@ -37,45 +87,55 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a detector on normal images")
     _add_data(p)
-    p.add_argument("--out", required=True, help="output folder (checkpoints: stage1.pt, model.pt)")
+    p.add_argument("--out", required=True,
+                   help=f"output folder (checkpoints: stage1.pt, model.pt); it {OUT_RULE} (or --resume)")
     p.add_argument("--preset", default="lite", choices=["lite", "paper"])
     p.add_argument("--method", default="dadf", choices=["dadf", "knn"],
                    help="detector (default: dadf; knn: PatchCore-style nearest-neighbour baseline, "
                         "ignores --recipe/--epochs-*)")
     p.add_argument("--recipe", default=None, choices=["paper", "lite"],
                    help="training recipe (default: lite for the lite preset, paper otherwise)")
-    p.add_argument("--epochs-recon", type=int, default=None, help="stage-1 (reconstruction) epochs")
-    p.add_argument("--epochs-flow", type=int, default=None, help="stage-2 (flow) epochs")
-    p.add_argument("--iters-flow", type=int, default=None,
+    p.add_argument("--epochs-recon", type=positive_int, default=None, help="stage-1 (reconstruction) epochs")
+    p.add_argument("--epochs-flow", type=positive_int, default=None, help="stage-2 (flow) epochs")
+    p.add_argument("--iters-flow", type=positive_int, default=None,
                    help="stage-2 optimiser steps (replaces --epochs-flow; the lite recipe's default: 432)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="compute precision (mixed precision on GPU: bfloat16; saved in the checkpoint)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--input-size", type=int, default=256)
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--input-size", type=input_size, default=256, help="image side, a multiple of 16 (default: 256)")
     p.add_argument("--no-pretrained", action="store_true", help="random backbone weights")
     p.add_argument("--backbone-weights", help="local backbone weights file (no network needed)")
-    p.add_argument("--resume", action="store_true", help="continue from the last completed stage in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last completed stage (same settings and data only)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train anew in a folder that holds files (its stage1.pt and model.pt are removed first)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_common(p)
 
     p = sub.add_parser("test", help="evaluate a trained detector on a labelled test set")
     p.add_argument("--checkpoint", required=True, help="model.pt written by train")
     _add_data(p)
-    p.add_argument("--out", help="folder for heatmaps, .tiff maps and metrics.json")
-    p.add_argument("--smooth", type=float, default=None, help="Gaussian sigma for the maps (default: model's)")
+    p.add_argument("--out", help=f"folder for heatmaps, .tiff maps and metrics.json; it {OUT_RULE}")
+    p.add_argument("--overwrite", action="store_true", help="write into an --out folder that already holds files")
+    p.add_argument("--smooth", type=sigma, default=None, help="Gaussian sigma for the maps (default: model's)")
+    p.add_argument("--resolution", default="original", choices=["original", "input"],
+                   help="metrics and .tiff maps at each image's original size (default; the official "
+                        "protocol) or at the model's input size")
     _add_common(p)
 
     p = sub.add_parser("predict", help="score image files")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--out", help="folder for overlays and .tiff maps")
-    p.add_argument("--smooth", type=float, default=None)
+    p.add_argument("--out", help=f"folder for overlays <stem>.png and maps <stem>.tiff; it {OUT_RULE}")
+    p.add_argument("--overwrite", action="store_true", help="write into an --out folder that already holds files")
+    p.add_argument("--smooth", type=sigma, default=None, help="Gaussian sigma for the maps (default: model's)")
     _add_common(p)
 
     p = sub.add_parser("demo", help="build a small dataset from bundled photos, train, evaluate (CPU, minutes)")
-    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    p.add_argument("--out", default="runs/demo", help=f"output folder (default: runs/demo); it {OUT_RULE}")
+    p.add_argument("--overwrite", action="store_true", help="run again in an --out folder that holds files")
     p.add_argument("--categories", nargs="+", default=None, help="demo categories (default: all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="compute precision (default: float32)")
     p.add_argument("--quiet", action="store_true")
@@ -107,15 +167,41 @@ def _datasets(args, split, image_size):
     return data.FolderDataset(test_dir=args.test_dir, mask_dir=args.mask_dir, split="test", image_size=image_size)
 
 
+def _prepare_out(args, inputs=(), resume=None) -> None:
+    """Check and lock ``--out`` (when given) for the rest of the command, before any work (see
+    :func:`dadf_fast._io.prepare_output_dir`), and keep ``inputs`` from being overwritten."""
+    from ._io import prepare_output_dir, protect_inputs
+
+    if args.out is not None:
+        args.cleanup.enter_context(prepare_output_dir(args.out, overwrite=args.overwrite, resume=resume,
+                                                      what="--out"))
+    args.cleanup.enter_context(protect_inputs(inputs))
+
+
+def _dataset_files(dataset) -> list:
+    """The files a dataset reads (images and masks)."""
+    return [p for r in getattr(dataset, "records", []) for p in [r.path, *r.mask_paths]]
+
+
 def cmd_train(args):
     import torch
 
     from . import DADF
 
+    if args.resume and args.overwrite:
+        raise UserError("--resume and --overwrite contradict each other: continue the run in --out, or start anew")
+    if args.resume and args.method == "knn":
+        raise UserError("--resume is for --method dadf: the kNN baseline fits in one pass (--overwrite fits again)")
     torch.manual_seed(args.seed)
     recipe = args.recipe or ("lite" if args.preset == "lite" else "paper")
     train = _datasets(args, "train", args.input_size)
+    _prepare_out(args, inputs=[*_dataset_files(train), args.backbone_weights],
+                 resume=args.resume if args.method == "dadf" else None)
     if args.method == "knn":
+        from .training import clear_checkpoints
+
+        if args.overwrite:
+            clear_checkpoints(args.out)
         from .baselines import KNNDetector
         from .model.presets import PRESETS
 
@@ -132,7 +218,7 @@ def cmd_train(args):
     res = model.fit(train, recipe=recipe, epochs_recon=args.epochs_recon, epochs_flow=args.epochs_flow,
                     iters_flow=args.iters_flow,
                     batch_size_recon=args.batch_size, seed=args.seed, out_dir=args.out, resume=args.resume,
-                    progress=not args.quiet)
+                    overwrite=args.overwrite, progress=not args.quiet)
     print(f"trained on {len(train)} images; checkpoint: {os.path.join(args.out, 'model.pt')}")
     print(json.dumps(res["seconds"]))
 
@@ -148,9 +234,10 @@ def cmd_test(args):
 
     model = _load(args)
     test = _datasets(args, "test", model.input_size)
+    _prepare_out(args, inputs=[args.checkpoint, *_dataset_files(test)])
     res = evaluate(model, test, batch_size=args.batch_size, out_dir=args.out, category=args.category or "folder",
                    num_workers=args.workers,
-                   smooth_sigma=args.smooth)
+                   smooth_sigma=args.smooth, resolution=args.resolution)
     print(format_table(res, f"{args.category or args.test_dir}: {res['n_images']} test images"))
     if args.out:
         print(f"heatmaps, maps and metrics.json written under {args.out}")
@@ -158,22 +245,25 @@ def cmd_test(args):
 
 
 def cmd_predict(args):
-    from .data import IMAGE_EXTENSIONS
+    from .data import IMAGE_EXTENSIONS, list_images
     from .evaluation import predict_files
 
     paths = []
     for p in args.images:
         if os.path.isdir(p):
-            paths += sorted(os.path.join(p, f) for f in os.listdir(p) if f.lower().endswith(tuple(IMAGE_EXTENSIONS)))
+            # the same rule as train/test: hidden files (macOS ._x.png) and folders named x.png are no images
+            found = [str(f) for f in list_images(p)]
+            if not found:
+                raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {p}")
+            paths += found
         elif os.path.isfile(p):
             paths.append(p)
         else:
             raise UserError(f"no such image file or folder: {p}")
-    if not paths:
-        raise UserError("no images found")
+    _prepare_out(args, inputs=[args.checkpoint, *paths])
     model = _load(args)
     rows = predict_files(model, paths, batch_size=args.batch_size, out_dir=args.out,
-                         smooth_sigma=args.smooth)
+                         smooth_sigma=args.smooth, overwrite=args.overwrite)
     for r in rows:
         print(f"{r['score']:.5f}  {r['path']}")
 
@@ -181,8 +271,9 @@ def cmd_predict(args):
 def cmd_demo(args):
     from .demo import run_demo
 
+    _prepare_out(args)
     run_demo(args.out, categories=args.categories, seed=args.seed, device=args.device, backend=args.backend,
-             progress=not args.quiet, dtype=args.dtype)
+             progress=not args.quiet, dtype=args.dtype, overwrite=args.overwrite)
 
 
 def cmd_bench(args):
@@ -195,9 +286,16 @@ COMMANDS = {"train": cmd_train, "test": cmd_test, "predict": cmd_predict, "demo"
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; returns the exit code (0, 2 for any usage or user error, 130 when
+    interrupted), also for argparse's usage errors."""
     try:
-        COMMANDS[args.command](args)
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse has printed the usage error (or the help)
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        # what a command takes for its run (the --out lock, protected inputs) is released here
+        with contextlib.ExitStack() as args.cleanup:
+            COMMANDS[args.command](args)
     except UserError as exc:
         print(f"dadf-fast {args.command}: error: {exc}", file=sys.stderr)
         return 2

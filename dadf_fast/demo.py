@@ -22,17 +22,28 @@ DEMO_EPOCHS_FLOW = None  # None: the lite recipe's flow steps (training.LITE_FLO
 
 def run_demo(out: str = "runs/demo", categories=None, seed: int = 0, device: str = "cpu", backend: str = "auto",
              progress: bool = True, epochs_recon: int = DEMO_EPOCHS_RECON, epochs_flow: int | None = DEMO_EPOCHS_FLOW,
-             log=print, dtype: str = "float32") -> dict:
-    from . import DADF
-    from ._io import atomic_write_text
-    from .data import MVTecAD
-    from .evaluation import evaluate, format_table, public
-    from .synthetic import DEMO_CATEGORIES, make_dataset
+             log=print, dtype: str = "float32", overwrite: bool = False) -> dict:
+    """Build the demo data under ``out/data``, train and evaluate each category into
+    ``out/<category>``, write ``out/demo_metrics.json``; returns that summary.  ``out`` is
+    checked first: a folder that already holds files is refused unless ``overwrite``."""
+    from ._io import prepare_output_dir
+    from .synthetic import DEMO_CATEGORIES
 
     categories = list(categories or DEMO_CATEGORIES)
     unknown = [c for c in categories if c not in DEMO_CATEGORIES]
     if unknown:
         raise ValueError(f"unknown demo categories {unknown}; choose from {list(DEMO_CATEGORIES)}")
+    with prepare_output_dir(out, overwrite=overwrite, what="out"):
+        return _run(out, categories, seed, device, backend, progress, epochs_recon, epochs_flow, log, dtype, overwrite)
+
+
+def _run(out, categories, seed, device, backend, progress, epochs_recon, epochs_flow, log, dtype, overwrite) -> dict:
+    from . import DADF
+    from ._io import atomic_write_text
+    from .data import MVTecAD
+    from .evaluation import evaluate, format_table, public
+    from .synthetic import make_dataset
+
     t_start = time.perf_counter()
     data_root = os.path.join(out, "data")
     make_dataset(data_root, categories=categories, seed=seed)
@@ -45,7 +56,7 @@ def run_demo(out: str = "runs/demo", categories=None, seed: int = 0, device: str
         train = MVTecAD(data_root, cat, "train")
         test = MVTecAD(data_root, cat, "test")
         model.fit(train, recipe="lite", epochs_recon=epochs_recon, epochs_flow=epochs_flow, seed=seed,
-                  out_dir=os.path.join(out, cat), progress=progress, log=lambda *a: None)
+                  out_dir=os.path.join(out, cat), overwrite=overwrite, progress=progress, log=lambda *a: None)
         res = evaluate(model, test, out_dir=os.path.join(out, cat), category=cat)
         res["seconds"] = time.perf_counter() - t0
         log(format_table(res, f"{cat}: trained on {len(train)} images, {len(test)} test images, "

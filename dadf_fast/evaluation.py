@@ -28,37 +28,142 @@ def score_images(model, images: torch.Tensor, batch_size: int = 8, smooth_sigma:
     return torch.cat(maps), torch.cat(scores)
 
 
+RESOLUTIONS = ("original", "input")
+
+
+def _upsample(amap: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """``[S, S]`` map -> float32 ``[H, W]``, bilinear with align_corners=False (how the
+    official MVTec scripts bring a model's map to the ground truth's size)."""
+    if tuple(amap.shape) == tuple(size):
+        return amap.numpy()
+    up = torch.nn.functional.interpolate(amap[None, None].float(), size=tuple(size), mode="bilinear",
+                                         align_corners=False)
+    return up[0, 0].numpy()
+
+
+def _output_stems(paths: list, defects: list) -> list:
+    """One collision-free file stem per image, unique inside each output folder (one per
+    defect): MVTec stems are unique there already and stay as they are."""
+    from ._io import unique_output_stems
+
+    stems = [None] * len(paths)
+    for d in sorted(set(defects)):
+        idx = [i for i, dd in enumerate(defects) if dd == d]
+        for i, stem in zip(idx, unique_output_stems([paths[i] for i in idx])):
+            stems[i] = stem
+    return stems
+
+
+def _spro_per_defect(maps, defects, loco_masks, loco_sat, result, warn) -> None:
+    """MVTec LOCO's headline: AU-sPRO of each defect type together with the good images,
+    and their mean (``result["spro_per_defect"]``, ``result["spro"]``)."""
+    if not all(np.isfinite(s).all() for s in loco_sat):
+        result["notes"].append("spro not computed: the category has no defects_config.json "
+                               "(saturation thresholds unknown)")
+        return
+    good = [i for i, d in enumerate(defects) if d == "good"]
+    per = {}
+    for d in sorted(set(defects) - {"good"}):
+        idx = good + [i for i, dd in enumerate(defects) if dd == d]
+        ms = [[m for m in loco_masks[i] if m.any()] for i in idx]
+        ss = [[s for m, s in zip(loco_masks[i], loco_sat[i]) if m.any()] for i in idx]
+        dropped = sum(len(loco_masks[i]) for i in idx) - sum(len(m) for m in ms)
+        if dropped:
+            # only at resolution="input": a region smaller than a pixel of the resized grid
+            result["regions_dropped"][d] = dropped
+            warn(f"{dropped} ground truth region(s) of {d!r} vanish at the input size and are "
+                 f"left out of its sPRO; resolution='original' keeps every region")
+        if not any(ms):
+            result["notes"].append(f"spro of {d!r} not computed: no ground truth region")
+            continue
+        per[d] = metrics.spro([maps[i] for i in idx], ms, ss, fpr_limit=SPRO_FPR_LIMIT)
+    if per:
+        result["spro_per_defect"] = per
+        result["spro"] = float(np.mean(list(per.values())))
+
+
+SPRO_FPR_LIMIT = 0.05
+AUPRO_FPR_LIMIT = 0.3
+
+
 def evaluate(model, test_data, batch_size: int = 8, out_dir: str | None = None, category: str = "category",
              heatmaps: bool = True, tiff: bool = True, smooth_sigma: float | None = None, device=None,
-             log=None, num_workers: int = 0) -> dict:
+             log=None, num_workers: int = 0, resolution: str = "original") -> dict:
     """Metrics of ``model`` on a labelled test dataset (items with image, mask, label, defect, path).
 
+    Args:
+        resolution: ``"original"`` (default, the official protocol): each ``[S, S]`` map is
+            upsampled (bilinear, align_corners=False) to its image's original ``H x W`` and
+            compared with the ground truth read at full size (``test_data.ground_truth(i)``,
+            which the package's datasets provide); LOCO saturation areas come from the
+            full-size masks, exactly the official rule. ``"input"``: maps and masks at the
+            model's input size (masks resized with nearest neighbour; a LOCO saturation area
+            is the official one scaled by the pixel-count ratio and capped at the resized
+            region's area; a region that vanishes in the resize is left out, with a warning
+            and a count in ``regions_dropped``).
+
     Returns a dict with ``image_auroc``, ``pixel_auroc``, ``aupro`` (when masks exist),
-    ``spro`` (MVTec LOCO), ``per_defect`` image AUROC (each defect against the good images),
-    ``n_images`` and ``skipped`` (unreadable test files left out).  With ``out_dir``: PNG
-    overlays under ``<out>/heatmaps``, raw ``.tiff`` maps in the MVTec evaluation layout
-    ``<out>/<category>/test/<defect>/<name>.tiff``, and ``<out>/metrics.json``.
+    ``per_defect`` image AUROC (each defect against the good images), ``n_images``,
+    ``skipped`` (unreadable test files left out), ``resolution`` and ``notes``. MVTec LOCO
+    adds the official headline: ``spro_per_defect`` (AU-sPRO up to FPR 0.05 of each defect
+    type with the good images), ``spro`` (their mean) and ``image_auroc_mean`` (the mean of
+    ``per_defect``). With ``out_dir``: PNG overlays (input size) under
+    ``<out>/heatmaps/<defect>/``, raw float32 ``.tiff`` maps at the evaluation resolution in
+    the MVTec layout ``<out>/<category>/test/<defect>/<name>.tiff`` (names made unique inside
+    each folder: ``a.png`` and ``a.jpg`` give ``a_png``/``a_jpg``), and ``<out>/metrics.json``.
     """
+    import warnings
+
     from torch.utils.data import DataLoader
 
+    if resolution not in RESOLUTIONS:
+        raise ValueError(f"resolution must be 'original' or 'input', got {resolution!r}")
+    if resolution == "original" and not callable(getattr(test_data, "ground_truth", None)):
+        raise TypeError(f"resolution='original' reads the ground truth at full size through "
+                        f"test_data.ground_truth(index), which {type(test_data).__name__} lacks "
+                        f"(MVTecAD, MVTecLOCO and FolderDataset have it); pass resolution='input'")
+
+    def warn(msg):
+        warnings.warn(msg, stacklevel=3)
+        if log is not None:
+            log(msg)
+
     loader = DataLoader(test_data, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers)
-    maps, scores, masks, labels, defects, paths, images, loco_masks, loco_sat = [], [], [], [], [], [], [], [], []
+    # maps/masks at the evaluation resolution (float32 / bool, one array per image, sizes may
+    # differ); maps_in/masks_in at the input size, for the overlays
+    maps, masks, maps_in, masks_in = [], [], [], []
+    scores, labels, defects, paths, images, loco_masks, loco_sat = [], [], [], [], [], [], []
+    loco = False
     for batch in loader:
         amap, score = score_images(model, batch["image"], batch_size, smooth_sigma, device)
-        maps.append(amap[:, 0].numpy())
         scores.append(score.numpy())
-        masks.append(batch["mask"][:, 0].numpy())
         labels += [int(v) for v in batch["label"]]
         defects += list(batch["defect"])
         paths += list(batch["path"])
+        loco = loco or "masks" in batch
         if out_dir and heatmaps:
             images.append(denormalize(batch["image"]))
-        if "masks" in batch:
-            loco_masks += [m.numpy() for m in batch["masks"]]
-            loco_sat += [s.numpy() for s in batch["saturation"]]
-    maps, scores, masks = np.concatenate(maps), np.concatenate(scores), np.concatenate(masks)
+        for b in range(amap.shape[0]):
+            m_in, g_in = amap[b, 0], batch["mask"][b, 0].numpy() > 0.5
+            maps_in.append(m_in.numpy())
+            masks_in.append(g_in)
+            if resolution == "original":
+                gt = test_data.ground_truth(len(maps))
+                maps.append(_upsample(m_in, gt["size"]))
+                masks.append(gt["mask"])
+                if "masks" in gt:
+                    loco_masks.append(list(gt["masks"]))
+                    loco_sat.append(np.asarray(gt["saturation"], dtype=np.float64))
+            else:
+                maps.append(maps_in[-1])
+                masks.append(g_in)
+                if "masks" in batch:
+                    loco_masks.append(list(batch["masks"][b].numpy() > 0.5))
+                    loco_sat.append(batch["saturation"][b].numpy().astype(np.float64))
+    scores = np.concatenate(scores)
     labels = np.asarray(labels)
-    result = {"n_images": int(len(labels)), "skipped": [str(p) for p in getattr(test_data, "skipped", [])]}
+    result = {"n_images": int(len(labels)), "skipped": [str(p) for p in getattr(test_data, "skipped", [])],
+              "resolution": resolution, "notes": [], "regions_dropped": {}}
     known = labels >= 0
     if known.any() and len(set(labels[known].tolist())) == 2:
         result["image_auroc"] = metrics.auroc(scores[known], labels[known])
@@ -69,28 +174,31 @@ def evaluate(model, test_data, batch_size: int = 8, out_dir: str | None = None, 
                 continue
             both = sel | (labels == 0)
             result["per_defect"][d] = metrics.auroc(scores[both], labels[both])
-    if masks[known].any():
-        result["pixel_auroc"] = metrics.pixel_auroc(maps[known], masks[known] > 0.5)
-        result["aupro"] = metrics.aupro(maps[known], masks[known] > 0.5)
-    if loco_masks and any(len(m) for m in loco_masks):
-        per_img = [[mm > 0.5 for mm in m] for m in loco_masks]
-        sat = [[float(v) for v in s] for s in loco_sat]
-        if all(np.isfinite(v) for s in sat for v in s):
-            result["spro"] = metrics.spro(maps, per_img, sat)
+        if loco and result["per_defect"]:
+            result["image_auroc_mean"] = float(np.mean(list(result["per_defect"].values())))
+    kept = np.flatnonzero(known)
+    if any(masks[i].any() for i in kept):
+        km, kg = [maps[i] for i in kept], [masks[i] for i in kept]
+        result["pixel_auroc"] = metrics.pixel_auroc(km, kg)
+        result["aupro"] = metrics.aupro(km, kg, fpr_limit=AUPRO_FPR_LIMIT)
+    if loco and any(len(m) for m in loco_masks):
+        _spro_per_defect(maps, defects, loco_masks, loco_sat, result, warn)
+    if not result["regions_dropped"]:
+        del result["regions_dropped"]
     if out_dir:
-        vmin, vmax = float(np.percentile(maps, 1)), float(np.percentile(maps, 99.9))
+        vmin, vmax = float(np.percentile(maps_in, 1)), float(np.percentile(maps_in, 99.9))
         images = np.concatenate(images) if images else None
-        for i, p in enumerate(paths):
+        stems = _output_stems(paths, defects)
+        for i in range(len(paths)):
             if tiff:
-                from .viz import map_path, save_tiff
+                from .viz import save_tiff
 
-                save_tiff(map_path(out_dir, category, defects[i], p, "tiff"), maps[i])
+                save_tiff(os.path.join(out_dir, category, "test", defects[i], f"{stems[i]}.tiff"), maps[i])
             if heatmaps:
                 from .viz import overlay_panel, save_png
 
-                panel = overlay_panel(images[i], maps[i], masks[i] if labels[i] >= 0 else None, vmin, vmax)
-                stem = os.path.splitext(os.path.basename(p))[0]
-                save_png(os.path.join(out_dir, "heatmaps", defects[i], f"{stem}.png"), panel)
+                panel = overlay_panel(images[i], maps_in[i], masks_in[i] if labels[i] >= 0 else None, vmin, vmax)
+                save_png(os.path.join(out_dir, "heatmaps", defects[i], f"{stems[i]}.png"), panel)
         atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(result, indent=2) + "\n")
     result["_scores"] = scores
     result["_labels"] = labels
@@ -99,19 +207,28 @@ def evaluate(model, test_data, batch_size: int = 8, out_dir: str | None = None, 
 
 
 def format_table(result: dict, title: str = "") -> str:
-    """A short terminal table: overall metrics and image AUROC per defect type."""
+    """A short terminal table: overall metrics, and image AUROC (and LOCO sPRO) per defect type."""
     rows = [f"{title}" if title else ""]
-    for key in ("image_auroc", "pixel_auroc", "aupro", "spro"):
+    names = {"image_auroc": "image_auroc", "image_auroc_mean": "image_auroc (mean over defect types)",
+             "pixel_auroc": "pixel_auroc", "aupro": "aupro", "spro": "spro (mean over defect types)"}
+    for key, name in names.items():
         if key in result:
-            rows.append(f"  {key:<12} {result[key]:.4f}")
+            rows.append(f"  {name:<12} {result[key]:.4f}")
     per = result.get("per_defect", {})
-    if per:
-        rows.append("  per defect (image AUROC vs good):")
+    spro = result.get("spro_per_defect", {})
+    if per or spro:
+        rows.append("  per defect (image AUROC vs good" + (", sPRO with good):" if spro else "):"))
         counts = defaultdict(int)
         for d in result.get("_defects", []):
             counts[d] += 1
-        for d, v in per.items():
-            rows.append(f"    {d:<18} {v:.4f}  ({counts.get(d, 0)} images)")
+        for d in sorted(set(per) | set(spro)):
+            img = f"{per[d]:.4f}" if d in per else "   -  "
+            sp = f"  sPRO {spro[d]:.4f}" if d in spro else ""
+            rows.append(f"    {d:<18} {img}{sp}  ({counts.get(d, 0)} images)")
+    if "resolution" in result:
+        rows.append(f"  metrics at the {result['resolution']} resolution")
+    for note in result.get("notes", []):
+        rows.append(f"  note: {note}")
     if result.get("skipped"):
         rows.append(f"  skipped unreadable test images: {len(result['skipped'])}")
     return "\n".join(r for r in rows if r)
@@ -123,30 +240,50 @@ def public(result: dict) -> dict:
 
 
 @torch.no_grad()
-def predict_files(model, paths, batch_size: int = 8, out_dir: str | None = None, smooth_sigma: float | None = None) -> list:
-    """Score arbitrary image files.  Returns ``[{"path", "score"}]``; with ``out_dir`` also
-    writes ``<stem>.png`` overlays and ``<stem>.tiff`` raw maps there."""
+def predict_files(model, paths, batch_size: int = 8, out_dir: str | None = None, smooth_sigma: float | None = None,
+                  overwrite: bool = False) -> list:
+    """Score arbitrary image files.  Returns ``[{"path", "score"}]`` in input order; with
+    ``out_dir`` also writes a ``<stem>.png`` overlay and a ``<stem>.tiff`` raw map per image
+    there (stems made unique: ``a.png`` and ``a.jpg`` give ``a_png``/``a_jpg``, the same name
+    in two folders ``a``/``a_1``).  ``out_dir`` is checked before any scoring: a folder that
+    already holds files is refused unless ``overwrite``, and no output may replace an input
+    (``OutputPathError``)."""
+    import contextlib
+
+    from ._io import check_not_input, prepare_output_dir, protect_inputs, unique_output_stems
     from .data import IMAGENET_MEAN, IMAGENET_STD
 
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    paths = [os.fspath(p) for p in paths]
     s = model.input_size
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     out = []
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start:start + batch_size]
-        imgs = []
-        for p in chunk:
-            img = load_rgb(p).resize((s, s), resample=2)  # bilinear
-            t = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
-            imgs.append((t - mean) / std)
-        batch = torch.stack(imgs)
-        amap, score = score_images(model, batch, batch_size, smooth_sigma)
-        for i, p in enumerate(chunk):
-            out.append({"path": str(p), "score": float(score[i])})
-            if out_dir:
-                from .viz import overlay_panel, save_png, save_tiff
+    with contextlib.ExitStack() as stack:
+        targets = []
+        if out_dir:
+            stack.enter_context(prepare_output_dir(out_dir, overwrite=overwrite, what="out_dir"))
+            stack.enter_context(protect_inputs(paths))
+            targets = [os.path.join(out_dir, f"{stem}.{ext}") for stem in unique_output_stems(paths)
+                       for ext in ("png", "tiff")]
+            for t in targets:  # all of them before the first image is scored
+                check_not_input(t)
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start:start + batch_size]
+            imgs = []
+            for p in chunk:
+                img = load_rgb(p).resize((s, s), resample=2)  # bilinear
+                t = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+                imgs.append((t - mean) / std)
+            batch = torch.stack(imgs)
+            amap, score = score_images(model, batch, batch_size, smooth_sigma)
+            for i, p in enumerate(chunk):
+                out.append({"path": str(p), "score": float(score[i])})
+                if out_dir:
+                    from .viz import overlay_panel, save_png, save_tiff
 
-                stem = os.path.splitext(os.path.basename(p))[0]
-                save_png(os.path.join(out_dir, f"{stem}.png"), overlay_panel(denormalize(batch[i]), amap[i, 0].numpy()))
-                save_tiff(os.path.join(out_dir, f"{stem}.tiff"), amap[i, 0].numpy())
+                    png, tiff = targets[2 * (start + i)], targets[2 * (start + i) + 1]
+                    save_png(png, overlay_panel(denormalize(batch[i]), amap[i, 0].numpy()))
+                    save_tiff(tiff, amap[i, 0].numpy())
     return out

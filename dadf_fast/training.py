@@ -11,12 +11,16 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import hashlib
 import math
 import os
 import time
+import uuid
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from .model.inputs import stack_train_images
 
 RECIPES = ("paper", "lite")
 LITE_FLOW_ITERS = 432  # 144 epochs of 40 images at batch 16 (docs/accuracy.md)
@@ -91,19 +95,6 @@ class FitConfig:
         return cls(recipe=recipe, **base)
 
 
-def _images_of(data) -> torch.Tensor:
-    """``[N, 3, S, S]`` images from a tensor or a dataset of dicts / tensors."""
-    if isinstance(data, torch.Tensor):
-        return data
-    if not isinstance(data, Dataset) and not hasattr(data, "__getitem__"):
-        raise TypeError("train_data must be a tensor [N, 3, S, S] or a dataset of images")
-    if len(data) == 0:
-        raise ValueError("train_data is empty: at least one normal image is needed")
-    items = [data[i] for i in range(len(data))]
-    imgs = [it["image"] if isinstance(it, dict) else (it[0] if isinstance(it, (tuple, list)) else it) for it in items]
-    return torch.stack(imgs)
-
-
 def _variants(images: torch.Tensor, cfg: FitConfig) -> torch.Tensor:
     out = [images]
     if cfg.hflip:
@@ -172,47 +163,130 @@ def _train_epochs(params, loss_fn, n: int, batch: int, epochs: int, opt, cfg: Fi
 
 
 def fit(model, train_data, config: FitConfig | None = None, out_dir: str | None = None, resume: bool = False,
-        device=None, progress: bool = True, log=print, **overrides) -> dict:
+        device=None, progress: bool = True, log=print, overwrite: bool = False, **overrides) -> dict:
     """Train ``model`` (a :class:`dadf_fast.DADF`) on normal images.
 
     Args:
         train_data: tensor ``[N, 3, S, S]`` or a dataset whose items have an ``image``.
         config: a :class:`FitConfig` (default: ``FitConfig.for_recipe(**overrides)``).
         out_dir: where ``stage1.pt`` and ``model.pt`` are written (atomically) at the end of
-            each stage.  resume: continue from the last completed stage found in ``out_dir``.
+            each stage.  It is checked before any training (see
+            :func:`dadf_fast._io.prepare_output_dir`) and locked while training runs; a folder
+            that already holds files is refused unless ``overwrite`` (the previous run's
+            ``stage1.pt``/``model.pt`` are removed first, so they can never be mistaken for
+            this run's) or ``resume``.
+        resume: continue from the last completed stage found in ``out_dir``; only a
+            checkpoint of this run is taken (same training config, model config and training
+            images, recorded in the checkpoint), anything else raises ``ValueError``.
     Returns:
-        ``{"loss_recon": [per-epoch], "loss_flow": [per-epoch], "seconds": {...}}``.
+        ``{"loss_recon": [per-epoch], "loss_flow": [per-epoch], "seconds": {...},
+        "resumed_from": path or None, "run_id": str}``.
     """
     if config is None:
         config = FitConfig.for_recipe(overrides.pop("recipe", "paper"), **overrides)
     elif overrides:
         config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    cfg = config
+    if resume and not out_dir:
+        raise ValueError("resume=True needs out_dir (where the checkpoints of the interrupted run are)")
+    if resume and overwrite:
+        raise ValueError("resume=True and overwrite=True contradict each other: continue the run in out_dir, "
+                         "or start a new one over it")
+    if not out_dir:
+        return _fit(model, train_data, config, None, False, False, device, progress, log)
+    from ._io import prepare_output_dir
+
+    with prepare_output_dir(out_dir, overwrite=overwrite, resume=resume, what="out_dir"):
+        return _fit(model, train_data, config, os.fspath(out_dir), resume, overwrite, device, progress, log)
+
+
+CHECKPOINT_NAMES = ("stage1.pt", "model.pt")
+
+
+def clear_checkpoints(out_dir) -> None:
+    """Remove the training checkpoints (:data:`CHECKPOINT_NAMES`) of an earlier run from
+    ``out_dir``, refusing (``OutputPathError``) any that is a protected input file."""
+    from ._io import check_not_input
+
+    for name in CHECKPOINT_NAMES:
+        path = os.path.join(out_dir, name)
+        if os.path.lexists(path):
+            check_not_input(path)
+            os.remove(path)
+
+
+def _data_digest(images: torch.Tensor) -> str:
+    """sha256 of the training images ``[N, 3, S, S]`` (shape and float32 values)."""
+    h = hashlib.sha256(repr(tuple(images.shape)).encode())
+    h.update(images.detach().to("cpu", torch.float32).contiguous().numpy())
+    return h.hexdigest()
+
+
+def _check_same_run(payload: dict, path: str, model, run: dict) -> None:
+    """Raise ``ValueError`` unless checkpoint ``payload`` was written by a run with the same
+    training config, model config and training images as ``run``."""
+    saved = payload.get("run")
+    if not isinstance(saved, dict) or not saved.get("id"):
+        raise ValueError(f"cannot resume from {path}: it records no training run (written by DADF.save or an "
+                         "older dadf-fast); start a new run in this folder with overwrite, or use another folder")
+    diffs = []
+    then_cfg = saved.get("fit_config") or {}
+    for key, now in run["fit_config"].items():
+        if then_cfg.get(key, "(unset)") != now:
+            diffs.append(f"{key} {then_cfg.get(key, '(unset)')!r} then, {now!r} now")
+    then_model = payload.get("config") or {}
+    for key in sorted(set(then_model) | set(model.config)):
+        if then_model.get(key) != model.config.get(key):
+            diffs.append(f"model {key} {then_model.get(key)!r} then, {model.config.get(key)!r} now")
+    if saved.get("data_sha256") != run["data_sha256"]:
+        diffs.append("the training images differ")
+    if diffs:
+        raise ValueError(f"cannot resume from {path}: it comes from a different training run ({'; '.join(diffs)}); "
+                         "resume with the same settings, or start a new run with overwrite")
+
+
+def _fit(model, train_data, cfg: FitConfig, out_dir, resume: bool, overwrite: bool, device, progress, log) -> dict:
+    log = log or (lambda *a, **k: None)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     stage1_path = os.path.join(out_dir, "stage1.pt") if out_dir else None
     final_path = os.path.join(out_dir, "model.pt") if out_dir else None
-    result = {"loss_recon": [], "loss_flow": [], "seconds": {}, "resumed_from": None}
+    run = {"id": uuid.uuid4().hex, "fit_config": dataclasses.asdict(cfg), "data_sha256": None}
+    result = {"loss_recon": [], "loss_flow": [], "seconds": {}, "resumed_from": None, "run_id": run["id"]}
+
+    images = stack_train_images(train_data, model.input_size, "train_data")
+    images = images.to(next(model.backbone.parameters()).dtype)
+    if out_dir:
+        run["data_sha256"] = _data_digest(images)
+    if out_dir and overwrite:
+        # the previous run's checkpoints go now: should this run stop early, an older model.pt
+        # must not sit beside its stage1.pt looking like its result
+        clear_checkpoints(out_dir)
 
     done = 0
     if resume:
-        if not out_dir:
-            raise ValueError("resume=True needs out_dir (where the checkpoints of the interrupted run are)")
-        for stage, path in ((2, final_path), (1, stage1_path)):
-            if path and os.path.exists(path):
-                payload = model.read_checkpoint(path)
-                model.load_state_dict(payload["state_dict"])
-                done = int(payload.get("stage_done", stage))
-                result["resumed_from"] = path
-                log(f"resuming from {path} (stage {done} complete)")
-                break
+        found = {}
+        for stage, path in ((1, stage1_path), (2, final_path)):
+            if os.path.exists(path):
+                found[stage] = model.read_checkpoint(path)
+                _check_same_run(found[stage], path, model, run)
+        if len(found) == 2 and found[1]["run"]["id"] != found[2]["run"]["id"]:
+            raise ValueError(f"cannot resume in {out_dir}: stage1.pt and model.pt come from two different runs; "
+                             "start a new run with overwrite")
+        if found:
+            stage = max(found)
+            payload, path = found[stage], (stage1_path, final_path)[stage - 1]
+            model.load_state_dict(payload["state_dict"])
+            done = int(payload.get("stage_done", stage))
+            run["id"] = result["run_id"] = payload["run"]["id"]
+            result["resumed_from"] = path
+            log(f"resuming from {path} (stage {done} complete)")
+        else:
+            log(f"nothing to resume in {out_dir} (no stage1.pt or model.pt): training from the start")
     if done >= 2:
         return result
 
-    images = _images_of(train_data)
-    model.check_images(images[:1])
     images = _variants(images, cfg)
     n = images.shape[0]
     model.eval()
@@ -240,7 +314,7 @@ def fit(model, train_data, config: FitConfig | None = None, out_dir: str | None 
         model.eval()
         result["seconds"]["stage1"] = time.perf_counter() - t0
         if stage1_path:
-            model.save(stage1_path, extra={"stage_done": 1})
+            model.save(stage1_path, extra={"stage_done": 1, "run": run})
 
     t0 = time.perf_counter()
     with torch.no_grad(), amp(device.type):
@@ -278,8 +352,8 @@ def fit(model, train_data, config: FitConfig | None = None, out_dir: str | None 
     model.eval()
     result["seconds"]["stage2"] = time.perf_counter() - t0
     if final_path:
-        model.save(final_path, extra={"stage_done": 2})
+        model.save(final_path, extra={"stage_done": 2, "run": run})
     return result
 
 
-__all__ = ["FitConfig", "fit", "TrainingDiverged", "RECIPES"]
+__all__ = ["FitConfig", "fit", "TrainingDiverged", "RECIPES", "CHECKPOINT_NAMES", "clear_checkpoints"]

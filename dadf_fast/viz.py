@@ -56,7 +56,9 @@ def save_tiff(path, amap: np.ndarray) -> None:
         f.write(buf.getvalue())
 
 
-def map_path(out_dir, category: str, defect: str, image_path: str, ext: str) -> str:
-    """``<out>/<category>/test/<defect>/<name>.<ext>`` (the MVTec evaluation layout)."""
-    stem = os.path.splitext(os.path.basename(image_path))[0]
+def map_path(out_dir, category: str, defect: str, image_path: str, ext: str, stem: str | None = None) -> str:
+    """``<out>/<category>/test/<defect>/<name>.<ext>`` (the MVTec evaluation layout); ``stem``
+    replaces the image's file stem as ``<name>`` (e.g. one of ``_io.unique_output_stems``)."""
+    if stem is None:
+        stem = os.path.splitext(os.path.basename(image_path))[0]
     return os.path.join(out_dir, category, "test", defect, f"{stem}.{ext}")

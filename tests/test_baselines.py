@@ -149,3 +149,26 @@ def test_cli_train_knn_then_test(tiny_root, tmp_path, capsys):
     rc = main(["test", "--checkpoint", str(out / "model.pt"), "--data", tiny_root, "--category", "brick"])
     assert rc == 0
     assert "image_auroc" in capsys.readouterr().out
+
+
+def test_fit_out_dir_is_checked_before_work_and_never_clobbered(tiny_root, tmp_path):
+    from dadf_fast._io import OutputPathError
+
+    train = MVTecAD(tiny_root, "brick", "train", image_size=S)
+    out = tmp_path / "knn"
+    KNNDetector(input_size=S).fit(train, progress=False, log=None, out_dir=str(out))
+    first = (out / "model.pt").read_bytes()
+    # a second run on the same folder is refused before any feature is computed ...
+    with pytest.raises(OutputPathError, match="already holds files"):
+        KNNDetector(input_size=S, coreset_ratio=0.5).fit(train, progress=False, log=None, out_dir=str(out))
+    assert (out / "model.pt").read_bytes() == first
+    # ... unless the caller says overwrite
+    KNNDetector(input_size=S, coreset_ratio=0.5).fit(train, progress=False, log=None, out_dir=str(out),
+                                                    overwrite=True)
+    assert (out / "model.pt").read_bytes() != first
+    # an out_dir naming a file is refused, the file kept
+    f = tmp_path / "file.txt"
+    f.write_text("mine")
+    with pytest.raises(OutputPathError, match="existing file"):
+        KNNDetector(input_size=S).fit(train, progress=False, log=None, out_dir=str(f))
+    assert f.read_text() == "mine"
