@@ -3,6 +3,11 @@
 Without a GPU, Triton kernels run in Triton's interpreter on CPU tensors; the interpreter
 must be switched on before triton is first imported, so it is set here, at collection time.
 Tests marked ``gpu`` are skipped when no CUDA device is visible.
+
+Hypothesis profiles (tests/test_fuzz_ops.py): ``ci``, the default, is derandomized (the same
+examples on every run) and small; ``deep`` draws new random examples on every run and 10 times
+as many (``HYPOTHESIS_PROFILE=deep`` or ``--hypothesis-profile=deep``).  Neither writes an
+example database into the checkout: a failure prints its ``@reproduce_failure`` blob instead.
 """
 import os
 
@@ -12,6 +17,15 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+# the Triton interpreter takes a second or more per example, by design
+_FUZZ_HEALTH = [HealthCheck.too_slow]
+settings.register_profile("ci", max_examples=20, deadline=None, derandomize=True, database=None,
+                          print_blob=True, suppress_health_check=_FUZZ_HEALTH)
+settings.register_profile("deep", max_examples=200, deadline=None, derandomize=False, database=None,
+                          print_blob=True, suppress_health_check=_FUZZ_HEALTH)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 HAS_CUDA = torch.cuda.is_available()
 

@@ -73,7 +73,7 @@ def affine_coupling(x, a, g, b, perm, clamp=2.0, a_scale=0.1, reverse=False, bac
 
     Args:
         x: ``[B, C, H, W]`` (C >= 2).  a: ``[B, 2*(C//2), H, W]`` raw subnet output.
-        g, b: ``[C]`` activated global scale and offset.
+        g, b: ``[C]`` activated global scale (> 0; checked on CPU) and offset.
         perm: ``[C]`` int64 tensor on x's device, or a list/tuple of ints; a permutation
             of ``0..C-1`` (checked on CPU; on GPU a bad entry yields NaN, never a bad read).
         clamp: finite number > 0.  a_scale: finite number.  reverse: bool.
@@ -100,6 +100,12 @@ def affine_coupling(x, a, g, b, perm, clamp=2.0, a_scale=0.1, reverse=False, bac
         if tuple(t.shape) != (c,):
             raise ValueError(f"affine_coupling: {n} must have shape [{c}], got {tuple(t.shape)}")
     perm = as_permutation(perm, c, x.device)
+    # log g enters the log-det, so g must be > 0 (NaN fails this too).  Checked on CPU only:
+    # on GPU the check would cost a host sync per step, and a bad g shows as a NaN log-det.
+    if g.device.type == "cpu" and not torch.compiler.is_compiling() and not bool((g > 0).all()):
+        bad = int(torch.nonzero(~(g > 0))[0, 0])
+        raise ValueError(f"affine_coupling: g (the activated global scale) must be > 0 in every channel, "
+                         f"got g[{bad}] = {float(g[bad])}")
     clamp = check_number("affine_coupling", "clamp", clamp, positive=True)
     a_scale = check_number("affine_coupling", "a_scale", a_scale)
     check_flag("affine_coupling", "reverse", reverse)
