@@ -6,6 +6,13 @@ Trains DADF lite on one demo category (data generated with dadf_fast.synthetic.m
 under /tmp/exp/demo) and prints image AUROC (max and top-1% mean) and pixel AUROC for several
 ways of turning the flow latents / reconstruction errors into a map, raw and smoothed (sigma 4).
 """
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
 torch.set_num_threads(2)
 from dadf_fast import DADF
 from dadf_fast.data import MVTecAD

@@ -81,8 +81,16 @@ def _add_data(p, required=True):
     g.add_argument("--mask-dir", help="plain folder of test masks (<stem>.png or <stem>_mask.png)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the command, the problem, where help is), like
+    every other error of the CLI; ``--help`` still prints the full usage."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dadf-fast", description="DADF anomaly detection with fast kernels")
+    parser = _Parser(prog="dadf-fast", description="DADF anomaly detection with fast kernels")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a detector on normal images")

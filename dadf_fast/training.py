@@ -18,7 +18,6 @@ import time
 import uuid
 
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from .model.inputs import stack_train_images
 

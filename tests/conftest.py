@@ -45,6 +45,16 @@ def _seed():
     yield
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny-tensor tests: on a shared 2-core machine it is
+    faster and steadier than two."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def require_backend():
     """``require_backend(name)``: skip when the backend cannot run on CPU tensors here, but

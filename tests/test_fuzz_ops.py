@@ -35,7 +35,6 @@ Profiles (registered in tests/conftest.py):
 """
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 
@@ -118,14 +117,8 @@ def test_every_backend_of_every_op_is_fuzzed():
 def _backend_must_run(request):
     """Skip a test whose ``backend`` cannot run on CPU tensors here; fail under CI."""
     backend = getattr(getattr(request.node, "callspec", None), "params", {}).get("backend")
-    if backend is None:
-        return
-    entry = dadf_fast.backends()[backend]["cpu"]
-    if entry["available"]:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"backend {backend!r} must be available in CI: {entry['reason']}")
-    pytest.skip(entry["reason"])
+    if backend is not None:
+        request.getfixturevalue("require_backend")(backend)
 
 
 # ----------------------------------------------------------------------- tensors and layouts

@@ -15,13 +15,7 @@ from dadf_fast.model.postprocess import gaussian_smooth
 S = 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny tensors on a shared 2-core machine: one thread is faster and steadier
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny(**kw):
