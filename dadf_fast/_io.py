@@ -82,19 +82,6 @@ def check_not_input(path, inputs=None) -> None:
 
 
 # ----------------------------------------------------------------------------- atomic writes
-def _umask() -> int:
-    try:  # Linux >= 4.7 reports it without changing it
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    old = os.umask(0o022)  # elsewhere: read it by setting it (briefly process-wide)
-    os.umask(old)
-    return old
-
-
 def _open_temp(folder: str, base: str) -> tuple[int, str]:
     """A new file next to the target, opened O_EXCL (so never someone else's)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)

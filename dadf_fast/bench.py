@@ -568,7 +568,7 @@ def coupling_bytes(preset: str = "lite", input_size: int = 256, itemsize: int = 
 
 # ----------------------------------------------------------------------------- command line
 def add_arguments(p) -> None:
-    from .cli import positive_int, nonnegative_int
+    from ._argtypes import nonnegative_int, positive_int
 
     p.add_argument("--preset", nargs="+", default=["lite"], choices=["lite", "paper"],
                    help="preset(s) to run (default: lite)")

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import sys
 
@@ -15,48 +14,7 @@ class UserError(Exception):
     """An error in what the user asked for: printed as one line, exit code 2."""
 
 
-# ----------------------------------------------------------------------------- argument types
-# argparse turns an ArgumentTypeError into a one-line usage error (exit code 2) naming the option
-def _int_at_least(low: int, high: int | None = None):
-    want = f"an integer >= {low}" + (f" and <= {high}" if high is not None else "")
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
-        if value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}")
-        return value
-
-    return parse
-
-
-positive_int = _int_at_least(1)
-nonnegative_int = _int_at_least(0)
-seed_int = _int_at_least(0, 2**32 - 1)
-
-
-def input_size(text: str) -> int:
-    """Image side: a multiple of 16 in [32, 4096] (the backbone's stride 16, and sane memory)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or value < 32 or value > 4096 or value % 16:
-        raise argparse.ArgumentTypeError(f"expected a multiple of 16 from 32 to 4096, got {text!r}")
-    return value
-
-
-def sigma(text: str) -> float:
-    """A Gaussian sigma in pixels: a finite number >= 0 (0: no smoothing)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
+from ._argtypes import input_size, nonnegative_int, positive_int, seed_int, sigma
 
 
 OUT_RULE = ("must be a new or empty folder unless --overwrite; outputs never replace an input file, "
@@ -216,7 +174,8 @@ def cmd_train(args):
         model = KNNDetector(PRESETS[args.preset]["backbone"], pretrained=not args.no_pretrained,
                             input_size=args.input_size, seed=args.seed,
                             backbone_weights=args.backbone_weights).to(args.device)
-        res = model.fit(train, out_dir=args.out, batch_size=args.batch_size, progress=not args.quiet)
+        res = model.fit(train, out_dir=args.out, overwrite=args.overwrite, batch_size=args.batch_size,
+                        progress=not args.quiet)
         print(f"kNN memory bank of {res['memory_size']} patches from {len(train)} images; "
               f"checkpoint: {os.path.join(args.out, 'model.pt')}")
         print(json.dumps(res["seconds"]))
@@ -245,7 +204,7 @@ def cmd_test(args):
     _prepare_out(args, inputs=[args.checkpoint, *_dataset_files(test)])
     res = evaluate(model, test, batch_size=args.batch_size, out_dir=args.out, category=args.category or "folder",
                    num_workers=args.workers,
-                   smooth_sigma=args.smooth, resolution=args.resolution)
+                   smooth_sigma=args.smooth, resolution=args.resolution, overwrite=args.overwrite)
     print(format_table(res, f"{args.category or args.test_dir}: {res['n_images']} test images"))
     if args.out:
         print(f"heatmaps, maps and metrics.json written under {args.out}")

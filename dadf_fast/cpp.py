@@ -114,6 +114,16 @@ def _multiscale_score_setup(ctx, inputs, output):
     ctx.save_for_backward(*zs, amap, score)
 
 
+def _float32_map(zs, size, acc):
+    """The anomaly map of ``zs`` in ``acc`` precision, as the forward computes it before rounding."""
+    total = None
+    for z in zs:
+        p = torch.exp(-0.5 * z.to(acc).pow(2).mean(dim=1, keepdim=True))
+        p = torch.nn.functional.interpolate(p, size=size, mode="bilinear", align_corners=False)
+        total = p if total is None else total + p
+    return 1.0 - total / len(zs)
+
+
 def _multiscale_score_backward(ctx, grad_map, grad_score):
     """Gradients of ``map = 1 - mean_s up(p_s)``, ``p_s = exp(-0.5 mean_c z_s^2)`` and of the
     score (max: split evenly over the pixels equal to the max, as ``torch.amax``; mean:
@@ -126,6 +136,11 @@ def _multiscale_score_backward(ctx, grad_map, grad_score):
     if grad_score is not None:
         gs = grad_score.to(acc).view(bsz, 1, 1, 1)
         if ctx.reduce == "max":
+            if amap.dtype not in (torch.float32, torch.float64):
+                # the forward takes the max of the float32 map and rounds afterwards; ties among
+                # the rounded half-precision values are not ties of the max, so find it in float32
+                amap = _float32_map(zs, (h, w), acc)
+                score = amap.flatten(1).amax(dim=1)
             hit = (amap == score.view(bsz, 1, 1, 1)).to(acc)
             g = g + gs * hit / hit.sum(dim=(1, 2, 3), keepdim=True)
         else:

@@ -57,7 +57,8 @@ def _run(out, categories, seed, device, backend, progress, epochs_recon, epochs_
         test = MVTecAD(data_root, cat, "test")
         model.fit(train, recipe="lite", epochs_recon=epochs_recon, epochs_flow=epochs_flow, seed=seed,
                   out_dir=os.path.join(out, cat), overwrite=overwrite, progress=progress, log=lambda *a: None)
-        res = evaluate(model, test, out_dir=os.path.join(out, cat), category=cat)
+        # the category folder already holds this run's model.pt (the demo's --out was checked above)
+        res = evaluate(model, test, out_dir=os.path.join(out, cat), category=cat, overwrite=True)
         res["seconds"] = time.perf_counter() - t0
         log(format_table(res, f"{cat}: trained on {len(train)} images, {len(test)} test images, "
                               f"{res['seconds']:.0f} s"))

@@ -88,7 +88,7 @@ AUPRO_FPR_LIMIT = 0.3
 
 def evaluate(model, test_data, batch_size: int = 8, out_dir: str | None = None, category: str = "category",
              heatmaps: bool = True, tiff: bool = True, smooth_sigma: float | None = None, device=None,
-             log=None, num_workers: int = 0, resolution: str = "original") -> dict:
+             log=None, num_workers: int = 0, resolution: str = "original", overwrite: bool = False) -> dict:
     """Metrics of ``model`` on a labelled test dataset (items with image, mask, label, defect, path).
 
     Args:
@@ -111,13 +111,46 @@ def evaluate(model, test_data, batch_size: int = 8, out_dir: str | None = None, 
     ``<out>/heatmaps/<defect>/``, raw float32 ``.tiff`` maps at the evaluation resolution in
     the MVTec layout ``<out>/<category>/test/<defect>/<name>.tiff`` (names made unique inside
     each folder: ``a.png`` and ``a.jpg`` give ``a_png``/``a_jpg``), and ``<out>/metrics.json``.
+    ``out_dir`` follows the package's output rules (docs/usage.md), checked before any scoring:
+    it must be new or empty unless ``overwrite``, it is locked for the run, and no output
+    folder may be one that holds the test images (the next run would take the maps for
+    test images).
     """
+    import contextlib
+
+    from ._io import prepare_output_dir
+
+    if resolution not in RESOLUTIONS:
+        raise ValueError(f"resolution must be 'original' or 'input', got {resolution!r}")
+    with contextlib.ExitStack() as stack:
+        if out_dir:
+            stack.enter_context(prepare_output_dir(out_dir, overwrite=overwrite, what="out_dir"))
+            _refuse_output_among_inputs(out_dir, category, test_data)
+        return _evaluate(model, test_data, batch_size, out_dir, category, heatmaps, tiff, smooth_sigma, device,
+                         log, num_workers, resolution)
+
+
+def _refuse_output_among_inputs(out_dir, category: str, test_data) -> None:
+    """Raise when a folder ``evaluate`` writes into holds test images of ``test_data``."""
+    from ._io import OutputPathError
+
+    records = getattr(test_data, "records", None)
+    if not records:
+        return
+    input_dirs = {os.path.realpath(os.path.dirname(str(r.path))) for r in records}
+    for d in sorted({r.defect for r in records}):
+        for target in (os.path.join(out_dir, category, "test", d), os.path.join(out_dir, "heatmaps", d)):
+            if os.path.realpath(target) in input_dirs:
+                raise OutputPathError(f"out_dir {out_dir} would put maps into {target}, which holds test "
+                                      f"images; choose an output folder apart from the dataset")
+
+
+def _evaluate(model, test_data, batch_size, out_dir, category, heatmaps, tiff, smooth_sigma, device, log,
+              num_workers, resolution) -> dict:
     import warnings
 
     from torch.utils.data import DataLoader
 
-    if resolution not in RESOLUTIONS:
-        raise ValueError(f"resolution must be 'original' or 'input', got {resolution!r}")
     if resolution == "original" and not callable(getattr(test_data, "ground_truth", None)):
         raise TypeError(f"resolution='original' reads the ground truth at full size through "
                         f"test_data.ground_truth(index), which {type(test_data).__name__} lacks "
@@ -128,6 +161,16 @@ def evaluate(model, test_data, batch_size: int = 8, out_dir: str | None = None, 
         if log is not None:
             log(msg)
 
+    gts = None
+    if resolution == "original":
+        # read (and so check) every full-size ground truth before the first image is scored
+        gts = []
+        for i in range(len(test_data)):
+            try:
+                gts.append(test_data.ground_truth(i))
+            except ValueError as err:
+                raise type(err)(f"{err} (metrics at the model's input size need no full-size ground "
+                                f"truth: resolution='input', --resolution input)") from None
     loader = DataLoader(test_data, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers)
     # maps/masks at the evaluation resolution (float32 / bool, one array per image, sizes may
     # differ); maps_in/masks_in at the input size, for the overlays
@@ -148,7 +191,7 @@ def evaluate(model, test_data, batch_size: int = 8, out_dir: str | None = None, 
             maps_in.append(m_in.numpy())
             masks_in.append(g_in)
             if resolution == "original":
-                gt = test_data.ground_truth(len(maps))
+                gt = gts[len(maps)]
                 maps.append(_upsample(m_in, gt["size"]))
                 masks.append(gt["mask"])
                 if "masks" in gt:
@@ -191,9 +234,9 @@ def evaluate(model, test_data, batch_size: int = 8, out_dir: str | None = None, 
         stems = _output_stems(paths, defects)
         for i in range(len(paths)):
             if tiff:
-                from .viz import save_tiff
+                from .viz import map_path, save_tiff
 
-                save_tiff(os.path.join(out_dir, category, "test", defects[i], f"{stems[i]}.tiff"), maps[i])
+                save_tiff(map_path(out_dir, category, defects[i], paths[i], "tiff", stem=stems[i]), maps[i])
             if heatmaps:
                 from .viz import overlay_panel, save_png
 

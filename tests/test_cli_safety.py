@@ -513,3 +513,18 @@ def test_knn_cannot_resume(normal_dir, tmp_path, capsys):
     rc = main(["train", "--method", "knn", "--normal-dir", normal_dir, "--out", str(tmp_path / "k"), "--resume"])
     assert rc == 2 and not (tmp_path / "k").exists()
     _one_line_error(capsys, "train", "--resume is for --method dadf")
+
+
+def test_knn_overwrite_replaces_a_folder_that_holds_other_files(normal_dir, tmp_path, capsys):
+    out = tmp_path / "k"
+    assert main(["train", "--method", "knn", "--normal-dir", normal_dir, "--out", str(out), "--no-pretrained",
+                 "--input-size", str(SIZE), "--quiet"]) == 0
+    (out / "metrics.json").write_text("{}\n")  # e.g. an earlier evaluation beside the model
+    first = (out / "model.pt").read_bytes()
+    capsys.readouterr()
+    assert main(["train", "--method", "knn", "--normal-dir", normal_dir, "--out", str(out), "--no-pretrained",
+                 "--input-size", str(SIZE), "--quiet", "--seed", "1"]) == 2
+    _one_line_error(capsys, "train", "--overwrite")
+    assert (out / "model.pt").read_bytes() == first
+    assert main(["train", "--method", "knn", "--normal-dir", normal_dir, "--out", str(out), "--no-pretrained",
+                 "--input-size", str(SIZE), "--quiet", "--overwrite"]) == 0, capsys.readouterr().err

@@ -310,3 +310,55 @@ def test_cli_test_passes_resolution(monkeypatch, tmp_path):
     assert seen["resolution"] == "original"
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["test", "--checkpoint", "m.pt", "--resolution", "full"])
+
+
+def _tiny_mvtec(root: Path, rng, mask_shape=(H0, W0)) -> Path:
+    cat = root / "widget"
+    img = np.zeros((H0, W0, 3), np.uint8)
+    _save(cat / "train/good/000.png", img)
+    _save(cat / "test/good/000.png", img)
+    _save(cat / "test/crack/000.png", img)
+    mask = np.zeros(mask_shape, bool)
+    mask[2:9, 3:11] = True
+    _save(cat / "ground_truth/crack/000_mask.png", (mask * 255).astype(np.uint8))
+    return cat
+
+
+def test_evaluate_out_dir_follows_the_output_rules(tmp_path):
+    from dadf_fast._io import OutputPathError
+
+    rng = np.random.default_rng(7)
+    _tiny_mvtec(tmp_path / "mvtec", rng)
+    test = D.MVTecAD(tmp_path / "mvtec", "widget", "test", image_size=S)
+    out = tmp_path / "out"
+    evaluate(QueueModel(_random_maps(rng, 2)), test, out_dir=str(out), category="widget")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    # an earlier evaluation is not replaced without overwrite ...
+    with pytest.raises(OutputPathError, match="already holds files"):
+        evaluate(QueueModel(_random_maps(rng, 2)), test, out_dir=str(out), category="widget")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # ... and with overwrite it is
+    evaluate(QueueModel(_random_maps(rng, 2)), test, out_dir=str(out), category="widget", overwrite=True)
+    assert (out / "metrics.json").read_bytes() != before[out / "metrics.json"]
+    # maps are never written among the test images (the next run would take them for images)
+    n_files = len(list((tmp_path / "mvtec").rglob("*")))
+    with pytest.raises(OutputPathError, match="holds test images"):
+        evaluate(QueueModel(_random_maps(rng, 2)), test, out_dir=str(tmp_path / "mvtec"), category="widget",
+                 overwrite=True)
+    assert len(list((tmp_path / "mvtec").rglob("*"))) == n_files
+
+
+def test_a_mask_of_another_size_is_reported_before_any_scoring(tmp_path):
+    rng = np.random.default_rng(8)
+    _tiny_mvtec(tmp_path / "mvtec", rng, mask_shape=(H0 // 2, W0))
+    test = D.MVTecAD(tmp_path / "mvtec", "widget", "test", image_size=S)
+
+    class NeverScores(QueueModel):
+        def predict(self, *a, **k):
+            raise AssertionError("scored before the ground truth was checked")
+
+    with pytest.raises(ValueError, match=r"000_mask\.png.*resolution='input'"):
+        evaluate(NeverScores(np.zeros((2, S, S))), test)
+    # at the input size the mask is resized like the image and the evaluation runs
+    res = evaluate(QueueModel(_random_maps(rng, 2)), test, resolution="input")
+    assert res["n_images"] == 2 and "pixel_auroc" in res

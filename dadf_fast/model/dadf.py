@@ -277,14 +277,12 @@ class DADF(nn.Module):
         self.eval()
         try:
             chunks = [images] if batch_size is None else torch.split(images, int(batch_size))
-            outs, start = [], 0
-            for c in chunks:
-                outs.append(self(c, smooth_sigma=smooth_sigma))
-                check_finite_output(outs[-1], "DADF", offset=start)
-                start += c.shape[0]
+            outs = [self(c, smooth_sigma=smooth_sigma) for c in chunks]
         finally:
             self.train(was_training)
-        return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+        out = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+        check_finite_output(out, "DADF")  # one check (one host sync on GPU) per call, not per chunk
+        return out
 
     def fit(self, train_data, **kwargs) -> dict:
         """Two-stage training; see :func:`dadf_fast.training.fit` for the arguments.
