@@ -149,8 +149,8 @@ def test_predict_never_returns_nan(model):
     with torch.no_grad():
         broken.flows[2].norm.weight.fill_(float("nan"))
     with pytest.raises(RuntimeError) as ei:
-        broken.predict(torch.randn(3, 3, S, S), batch_size=2)
-    _one_line(ei, "non-finite anomaly_map for 2 image(s) (first: image 0)")
+        broken.predict(torch.randn(3, 3, S, S), batch_size=2)  # all chunks scored, then one check
+    _one_line(ei, "non-finite anomaly_map for 3 image(s) (first: image 0)")
     # repaired weights predict finite maps again
     with torch.no_grad():
         broken.flows[2].norm.weight.copy_(model.flows[2].norm.weight)
