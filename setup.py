@@ -21,6 +21,7 @@ from setuptools import setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CUDA_ARCHS = "8.0;9.0"
+CPP_DIR = os.path.join("dadf_fast", "kernels", "cpp")  # the cpp backend, with its csrc/
 
 
 def _sources(pattern):
@@ -41,11 +42,11 @@ def _want_cuda():
 
 def _source_hash():
     """dadf_fast/_source_hash.py loaded by file path (importing the package needs torch & co)."""
-    path = os.path.join(HERE, "dadf_fast", "_source_hash.py")
+    path = os.path.join(HERE, "dadf_fast", "kernels", "cpp", "source_hash.py")
     spec = importlib.util.spec_from_file_location("_dadf_fast_source_hash", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod.source_hash(HERE)
+    return mod.source_hash(os.path.join(HERE, CPP_DIR))
 
 
 def _generated_include_dir():
@@ -71,7 +72,7 @@ def _generated_include_dir():
 def _extensions():
     if os.environ.get("DADF_FAST_NO_EXT", "0").strip() not in ("", "0"):
         return [], {}
-    cpp = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
+    cpp = _sources(f"{CPP_DIR}/csrc/*.cpp") + _sources(f"{CPP_DIR}/csrc/cpu/*.cpp")
     if not cpp:
         return [], {}
     try:
@@ -80,14 +81,14 @@ def _extensions():
         print("dadf-fast: torch not importable at build time, skipping the C++ extension")
         return [], {}
 
-    include_dirs = [os.path.join(HERE, "csrc"), _generated_include_dir()]
+    include_dirs = [os.path.join(HERE, CPP_DIR, "csrc"), _generated_include_dir()]
     # The C++ standard is left to torch.utils.cpp_extension (C++17 or C++20, whatever the
     # installed torch's headers need).  No -ffast-math: the kernels rely on IEEE rounding (exp range reduction) and must
     # match the reference to float rounding.  -fopenmp: at::parallel_for is OpenMP-backed
     # in headers, and the inner loops use `omp simd`.
     cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
     link = ["-fopenmp"]
-    cuda = _sources("csrc/cuda/*.cu")
+    cuda = _sources(f"{CPP_DIR}/csrc/cuda/*.cu")
     if cuda and _want_cuda():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
         ext = cpp_extension.CUDAExtension(

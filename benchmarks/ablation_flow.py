@@ -5,11 +5,11 @@ scales and training length, with the metrics tracked along one training run.
     python benchmarks/ablation_flow.py --cats retina --scales 0 1 2 --evals 96 144 --sigmas 2 4 6 8
 
 For each category (the accuracy harness's photos and the demo's textures, data from
-:func:`dadf_fast.synthetic.make_dataset`, seed 0) the backbone features and a stage-1
+:func:`dadf_fast.data.synthetic.make_dataset`, seed 0) the backbone features and a stage-1
 reconstructor (``--epochs-recon``, default 4 as the lite recipe) are computed once and cached under ``--out`` as the
 flow inputs ``cat(F, R_l, R_g)`` of the train and test images.  A variant then only trains the
 flows (Adam, weight decay 1e-5, batch 16, gradient clipping 1.0, seed 0, as
-:func:`dadf_fast.training.fit`) and evaluates image / pixel AUROC at the epochs of
+:func:`dadf_fast.models.training.fit`) and evaluates image / pixel AUROC at the epochs of
 ``--evals`` (scoring as ``DADF._infer``: ``multiscale_score`` of the scored scales, Gaussian
 smoothing, image score = max).  The shuffling order differs from ``fit``'s (which draws
 stage 1's order from the same generator first), so numbers match the harness's only
@@ -32,8 +32,8 @@ DEMO = ("brick", "grass", "gravel")
 
 def _cache(cat: str, out: str, epochs_recon: int = 4) -> dict:
     from dadf_fast import DADF
-    from dadf_fast.data import MVTecAD
-    from dadf_fast.synthetic import make_dataset
+    from dadf_fast.data.datasets import MVTecAD
+    from dadf_fast.data.synthetic import make_dataset
 
     path = os.path.join(out, f"{cat}_recon{epochs_recon}.pt")
     if os.path.exists(path):
@@ -66,7 +66,7 @@ def _cache(cat: str, out: str, epochs_recon: int = 4) -> dict:
 
 def _variant(args, data: dict, cat: str) -> dict:
     from dadf_fast import DADF, metrics, ops
-    from dadf_fast.model.postprocess import gaussian_smooth
+    from dadf_fast.models.postprocess import gaussian_smooth
 
     torch.manual_seed(0)
     model = DADF("lite", pretrained=False, flow_norm=args.norm)

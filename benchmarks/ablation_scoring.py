@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/ablation_scoring.py CATEGORY EPOCHS_RECON EPOCHS_FLOW LR_FLOW DEPTH HFLIP VFLIP
 
-Trains DADF lite on one demo category (data generated with dadf_fast.synthetic.make_dataset
+Trains DADF lite on one demo category (data generated with dadf_fast.data.synthetic.make_dataset
 under /tmp/exp/demo) and prints image AUROC (max and top-1% mean) and pixel AUROC for several
 ways of turning the flow latents / reconstruction errors into a map, raw and smoothed (sigma 4).
 """
@@ -15,13 +15,13 @@ import torch
 
 torch.set_num_threads(2)
 from dadf_fast import DADF
-from dadf_fast.data import MVTecAD
+from dadf_fast.data.datasets import MVTecAD
 from dadf_fast import metrics
 import torch.nn.functional as F
-from dadf_fast.model.postprocess import gaussian_smooth as _smooth
+from dadf_fast.models.postprocess import gaussian_smooth as _smooth
 root = "/tmp/exp/demo"
 if not os.path.exists(os.path.join(root, "brick")):
-    from dadf_fast.synthetic import make_dataset
+    from dadf_fast.data.synthetic import make_dataset
     make_dataset(root, seed=0)
 cat = sys.argv[1]; e1 = int(sys.argv[2]); e2 = int(sys.argv[3]); lr=float(sys.argv[4]); depth=int(sys.argv[5])
 torch.manual_seed(0)

@@ -7,16 +7,16 @@ MVTec-layout data built from photographs the demo does NOT use.
     python benchmarks/accuracy.py --json runs/accuracy/results.json
 
 For each category (one offline scikit-image photograph, see ``HARNESS_CATEGORIES``) it
-writes a synthetic MVTec-AD-layout dataset with :func:`dadf_fast.synthetic.make_dataset`
+writes a synthetic MVTec-AD-layout dataset with :func:`dadf_fast.data.synthetic.make_dataset`
 (train / test crops from disjoint regions of the photo; scratches, foreign-material
 patches and spots with exact masks), then for each method, with fixed seeds:
 
 * ``dadf``: ``DADF("lite")`` trained with ``recipe`` (default ``lite``, the recipe's
   default epochs unless ``--epochs-recon`` / ``--epochs-flow``);
-* ``knn``: :class:`dadf_fast.baselines.KNNDetector` (same efficientnet_lite0 features,
+* ``knn``: :class:`dadf_fast.models.knn.KNNDetector` (same efficientnet_lite0 features,
   strides 8/16, full memory bank unless ``--coreset-ratio``, sigma-4 smoothing);
 
-evaluates it with :func:`dadf_fast.evaluation.evaluate` and reports image AUROC, pixel
+evaluates it with :func:`dadf_fast.engine.evaluation.evaluate` and reports image AUROC, pixel
 AUROC and AUPRO per category and their mean, with the wall time of fitting and of
 evaluating.  The last thing printed is a markdown table for docs/accuracy.md.
 
@@ -82,7 +82,7 @@ def _build_parser() -> argparse.ArgumentParser:
 def _fit(method: str, train, args, out_dir: str):
     """A fitted detector and the training details."""
     from dadf_fast import DADF
-    from dadf_fast.baselines import KNNDetector
+    from dadf_fast.models.knn import KNNDetector
 
     torch.manual_seed(args.seed)
     if method == "dadf":
@@ -103,9 +103,9 @@ def _fit(method: str, train, args, out_dir: str):
 
 
 def run(args) -> dict:
-    from dadf_fast.data import MVTecAD
-    from dadf_fast.evaluation import evaluate, public
-    from dadf_fast.synthetic import DEMO_CATEGORIES, available_sources, make_dataset
+    from dadf_fast.data.datasets import MVTecAD
+    from dadf_fast.engine.evaluation import evaluate, public
+    from dadf_fast.data.synthetic import DEMO_CATEGORIES, available_sources, make_dataset
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -201,7 +201,7 @@ def main(argv=None) -> int:
           f"{report['machine']['torch']}, {report['machine']['threads']} threads -->")
     print(markdown(report))
     if args.json:
-        from dadf_fast._io import atomic_write_text
+        from dadf_fast.utils.io import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
         print(f"\nresults written to {args.json}")

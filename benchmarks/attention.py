@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from dadf_fast import ops, reference
-from dadf_fast._backends import triton_interpret, triton_reason
+from dadf_fast.kernels.triton import interpret as triton_interpret, unavailable_reason as triton_reason
 
 SHAPES = {"paper": (32, 8, 256, 180), "lite": (8, 4, 256, 48)}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -165,7 +165,7 @@ TUNE_CANDIDATES = {
 
 
 def tune(shape, dtype, device, warmup, reps, kernels):
-    from dadf_fast.kernels import dual_attention as K
+    from dadf_fast.kernels.triton import dual_attention as K
 
     B, H, N, D = shape
     da, db = K._head_chunks(D)

@@ -5,15 +5,13 @@ Rows per shape (all compute the same function with the same weights):
 * ``step/freia``      FrEIA 0.2 ``AllInOneBlock`` (subnet + epilogue with a dense CxC
                       permutation conv), as the official code runs it.
 * ``step/reference``  the same subnet + ``dadf_fast.reference.affine_coupling`` (dense perm).
-* ``step/fused``      Triton depthwise+LeakyReLU -> cuDNN 1x1 conv -> fused Triton epilogue.
-* ``step/fused-tdw``  torch depthwise conv + LeakyReLU -> 1x1 conv -> fused Triton epilogue
-                      (with ``step/fused``: whether the depthwise+act kernel pays).
+* ``step/fused``      torch depthwise conv + LeakyReLU -> 1x1 conv -> fused Triton epilogue.
 * ``epilogue/reference``, ``epilogue/triton``: the epilogue alone, given the subnet output,
                       with achieved GB/s (bytes that must move: read x and a, write y; the
                       backward also reads dy, x, a and writes dx, da) against ``copy``, a
                       measured device-to-device copy.
-* ``subnet-half/torch``, ``subnet-half/triton``: depthwise kxk conv + LeakyReLU(0.1) over x1
-                      alone, k=3 (even steps) and k=1 (odd steps).
+* ``subnet-half/torch``: depthwise kxk conv + LeakyReLU(0.1) over x1 alone, k=3 (even
+                      steps) and k=1 (odd steps).
 
 Columns: forward ms, forward+backward ms, GB/s (epilogue rows), peak memory of
 forward+backward above the inputs (CUDA only).
@@ -42,7 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dadf_fast import ops, reference
-from dadf_fast._backends import triton_reason
+from dadf_fast.kernels.triton import unavailable_reason as triton_reason
 
 PRESETS = {
     "paper": (16, [(768, 64), (1536, 32), (3072, 16)]),
@@ -111,16 +109,11 @@ class Step(nn.Module):
         g, b = self.gb()
         return reference.affine_coupling(x, self.subnet(x[:, : self.c1]), g, b, self.perm)
 
-    def fused(self, x, triton_dw=True):
+    def fused(self, x):
         g, b = self.gb()
         x1 = x[:, : self.c1]
         dw, pw = self.subnet[0], self.subnet[2]
-        if triton_dw:
-            from dadf_fast.kernels.depthwise_act import depthwise_conv_leaky_relu
-
-            h = depthwise_conv_leaky_relu(x1, dw.weight, dw.bias, 0.1)
-        else:
-            h = F.leaky_relu(dw(x1), 0.1)
+        h = F.leaky_relu(dw(x1), 0.1)
         a = F.conv2d(h, pw.weight, pw.bias)
         return ops.affine_coupling(x, a, g, b, self.perm, backend="triton")
 
@@ -198,16 +191,15 @@ def bench_shape(preset, bsz, c, hw, k, device, dtype, iters, warmup, triton_ok, 
         rows.append({"row": "step/freia", "skipped": reason})
     rows.append(run_rows("step/reference", lambda: step.reference(x), None, params, device, iters, warmup))
     if triton_ok:
-        rows.append(run_rows("step/fused", lambda: step.fused(x, True), None, params, device, iters, warmup))
-        rows.append(run_rows("step/fused-tdw", lambda: step.fused(x, False), None, params, device, iters, warmup))
+        rows.append(run_rows("step/fused", lambda: step.fused(x), None, params, device, iters, warmup))
         with torch.no_grad():
             y_ref, ld_ref = step.reference(x)
-            y_f, ld_f = step.fused(x, True)
+            y_f, ld_f = step.fused(x)
         err = {"max_abs_err_y": (y_f.float() - y_ref.float()).abs().max().item(),
                "max_rel_err_logdet": ((ld_f.float() - ld_ref.float()).abs() / ld_ref.float().abs().clamp_min(1)).max().item()}
         rows[-2].update(err)
     else:
-        rows += [{"row": "step/fused", "skipped": why_not}, {"row": "step/fused-tdw", "skipped": why_not}]
+        rows.append({"row": "step/fused", "skipped": why_not})
 
     # epilogue alone, given the subnet output
     a = (3 * torch.randn(bsz, 2 * c2, hw, hw, device=device)).to(dtype).requires_grad_()
@@ -235,15 +227,6 @@ def bench_shape(preset, bsz, c, hw, k, device, dtype, iters, warmup, triton_ok, 
         return F.leaky_relu(F.conv2d(x1, dw.weight, dw.bias, padding=k // 2, groups=c1), 0.1), x.new_zeros(1)
 
     rows.append(run_rows("subnet-half/torch", half_torch, None, [x, dw.weight, dw.bias], device, iters, warmup))
-    if triton_ok:
-        from dadf_fast.kernels.depthwise_act import depthwise_conv_leaky_relu
-
-        def half_triton():
-            return depthwise_conv_leaky_relu(x1, dw.weight, dw.bias, 0.1), x.new_zeros(1)
-
-        rows.append(run_rows("subnet-half/triton", half_triton, None, [x, dw.weight, dw.bias], device, iters, warmup))
-    else:
-        rows.append({"row": "subnet-half/triton", "skipped": why_not})
     for r in rows:
         r["shape"] = tag
     return rows

@@ -1,4 +1,4 @@
-"""CPU benchmark of the C++ ops (``dadf_fast.cpp``) against the pure-torch reference and
+"""CPU benchmark of the C++ ops (``dadf_fast.kernels.cpp.ops``) against the pure-torch reference and
 ``torch.compile(reference)``, at the lite and paper shapes (batch 8).
 
     python benchmarks/cpu_ops.py                      # lite + paper, with torch.compile
@@ -295,7 +295,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     import dadf_fast
-    from dadf_fast import cpp  # raises ImportError with the reason when the extension is missing/stale
+    from dadf_fast.kernels.cpp import ops as cpp  # raises ImportError with the reason when the extension is missing/stale
 
     info = dadf_fast.backends()["cpp"]["cpu"]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpp backend: {info['reason']}")

@@ -5,11 +5,11 @@ import torch
 import torch.nn.functional as F
 
 from dadf_fast import DADF
-from dadf_fast.baselines import KNNDetector, greedy_coreset, load_detector, nearest_distances
-from dadf_fast.cli import main
-from dadf_fast.data import MVTecAD
-from dadf_fast.evaluation import evaluate
-from dadf_fast.synthetic import make_dataset
+from dadf_fast.models.knn import KNNDetector, greedy_coreset, load_detector, nearest_distances
+from dadf_fast.cli.main import main
+from dadf_fast.data.datasets import MVTecAD
+from dadf_fast.engine.evaluation import evaluate
+from dadf_fast.data.synthetic import make_dataset
 
 S = 64
 
@@ -146,7 +146,7 @@ def test_cli_train_knn_then_test(tiny_root, tmp_path, capsys):
 
 
 def test_fit_out_dir_is_checked_before_work_and_never_clobbered(tiny_root, tmp_path):
-    from dadf_fast._io import OutputPathError
+    from dadf_fast.utils.io import OutputPathError
 
     train = MVTecAD(tiny_root, "brick", "train", image_size=S)
     out = tmp_path / "knn"

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from dadf_fast.bench import COLUMNS, SPLIT, TASKS, run_bench
+from dadf_fast.cli.bench import COLUMNS, SPLIT, TASKS, run_bench
 
 
 def test_quick_bench_rows_csv_and_plot(tmp_path):
@@ -35,7 +35,7 @@ def test_quick_bench_rows_csv_and_plot(tmp_path):
 
 
 def test_failing_variant_is_a_row_note(monkeypatch):
-    import dadf_fast.bench as bench
+    import dadf_fast.cli.bench as bench
 
     def boom(*a, **k):
         raise RuntimeError("no compiler here")
@@ -56,7 +56,7 @@ def test_bad_arguments():
 
 
 def test_stage_flops_and_coupling_bytes():
-    from dadf_fast.bench import coupling_bytes, stage_flops
+    from dadf_fast.cli.bench import coupling_bytes, stage_flops
 
     fl = stage_flops("lite", input_size=64)
     assert all(fl[k] > 0 for k in ("backbone", "transformer", "flows", "stage1_train", "stage2_train"))
@@ -67,7 +67,7 @@ def test_stage_flops_and_coupling_bytes():
 
 
 def test_cli_parses_bench_options():
-    from dadf_fast.cli import build_parser
+    from dadf_fast.cli.main import build_parser
 
     args = build_parser().parse_args(["bench", "--quick", "--preset", "lite", "paper", "--variants", "torch", "auto",
                                       "--csv", "x.csv", "--plot", "x.png", "--dtype", "bfloat16"])

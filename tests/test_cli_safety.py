@@ -1,6 +1,6 @@
 """Output safety (issue #14): no command overwrites an input or an earlier run's files, output
 folders are checked before any work, numeric arguments are validated, files get normal
-permissions.  Each case drives ``dadf_fast.cli.main`` (or the Python API) on tiny data and
+permissions.  Each case drives ``dadf_fast.cli.main.main`` (or the Python API) on tiny data and
 compares the bytes and mtimes of every file involved before and after."""
 import os
 import subprocess
@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 
 from dadf_fast import DADF
-from dadf_fast._io import (LOCK_NAME, OutputInUseError, OutputPathError, atomic_write_text, prepare_output_dir,
+from dadf_fast.utils.io import (LOCK_NAME, OutputInUseError, OutputPathError, atomic_write_text, prepare_output_dir,
                            protect_inputs)
-from dadf_fast.cli import main
+from dadf_fast.cli.main import main
 
 SIZE = 64
 
@@ -84,7 +84,7 @@ def test_predict_into_the_input_folder_is_refused(ckpt, tmp_path, capsys):
 
 
 def test_predict_api_refuses_to_overwrite_an_input(loaded, tmp_path):
-    from dadf_fast.evaluation import predict_files
+    from dadf_fast.engine.evaluation import predict_files
 
     imgs = _write_images(tmp_path / "imgs", ["a.png"])
     before = _snapshot(imgs)
@@ -100,7 +100,7 @@ def test_predict_api_refuses_to_overwrite_an_input(loaded, tmp_path):
 
 # ----------------------------------------------------------------------------- 2. colliding output names
 def test_predict_same_names_in_two_folders_get_distinct_outputs(ckpt, loaded, tmp_path, capsys):
-    from dadf_fast.data import FolderDataset
+    from dadf_fast.data.datasets import FolderDataset
 
     _write_images(tmp_path / "d1", ["same.png"], seed=1)
     _write_images(tmp_path / "d2", ["same.png"], seed=2)
@@ -177,7 +177,7 @@ def _copy_run(src, dst):
 
 def test_second_train_on_the_same_out_is_refused_then_overwrite_starts_a_new_run(normal_dir, earlier_run, tmp_path,
                                                                                    capsys, monkeypatch):
-    import dadf_fast.training as training
+    import dadf_fast.models.training as training
 
     out = _copy_run(earlier_run, tmp_path / "run")
     before = _snapshot(out)
@@ -200,7 +200,7 @@ def test_second_train_on_the_same_out_is_refused_then_overwrite_starts_a_new_run
 
 def test_fit_api_refuses_a_used_out_dir_and_overwrite_never_keeps_the_old_model(earlier_run, tmp_path,
                                                                                  monkeypatch):
-    from dadf_fast.training import TrainingDiverged
+    from dadf_fast.models.training import TrainingDiverged
 
     out = _copy_run(earlier_run, tmp_path / "run")
     before = _snapshot(out)
@@ -255,7 +255,7 @@ def test_resume_only_continues_the_same_run(earlier_run, tmp_path):
 
 # ----------------------------------------------------------------------------- 4. unusable --out, found first
 def _no_training(monkeypatch):
-    import dadf_fast.training as training
+    import dadf_fast.models.training as training
 
     def fail(*a, **k):
         raise AssertionError("training started although --out is unusable")
@@ -314,11 +314,11 @@ HOLDER = textwrap.dedent("""
 
 
 def test_a_folder_in_use_by_another_process_is_refused_and_a_dead_holder_is_taken_over(ckpt, tmp_path, capsys):
-    import dadf_fast._io
+    import dadf_fast.utils.io
 
     imgs = _write_images(tmp_path / "imgs", ["a.png"])
     out = tmp_path / "o"
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out), "wait", dadf_fast._io.__file__],
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out), "wait", dadf_fast.utils.io.__file__],
                               stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -332,7 +332,7 @@ def test_a_folder_in_use_by_another_process_is_refused_and_a_dead_holder_is_take
         holder.communicate("", timeout=60)
     assert os.listdir(out) == []  # released on exit
     # a holder that died without cleaning up leaves a lock file nobody holds: taken over
-    dead = subprocess.run([sys.executable, "-c", HOLDER, str(out), "die", dadf_fast._io.__file__],
+    dead = subprocess.run([sys.executable, "-c", HOLDER, str(out), "die", dadf_fast.utils.io.__file__],
                           capture_output=True, text=True, timeout=60)
     assert dead.stdout.strip() == "locked" and os.listdir(out) == [LOCK_NAME]
     with prepare_output_dir(out):
@@ -408,7 +408,7 @@ def test_bad_numbers_are_usage_errors(argv, option, capsys, monkeypatch, tmp_pat
 
 
 def test_bench_api_validates_numbers():
-    from dadf_fast.bench import run_bench
+    from dadf_fast.cli.bench import run_bench
 
     for kw, msg in ((dict(reps=0), "reps must be an int >= 1"), (dict(warmup=-1), "warmup must be an int >= 0"),
                     (dict(batch_sizes=[0]), "batch_sizes must be ints >= 1"), (dict(threads=0), "threads must be")):
@@ -418,7 +418,7 @@ def test_bench_api_validates_numbers():
 
 # ----------------------------------------------------------------------------- bench and demo outputs
 def _bench_must_not_run(monkeypatch):
-    import dadf_fast.bench as bench
+    import dadf_fast.cli.bench as bench
 
     def fail(*a, **k):
         raise AssertionError("the benchmark ran although an output path is unusable")
@@ -452,7 +452,7 @@ def test_bench_checks_every_output_path_before_running(tmp_path, capsys, monkeyp
 
 
 def test_demo_refuses_a_used_out_folder(tmp_path, capsys, monkeypatch):
-    import dadf_fast.synthetic as synthetic
+    import dadf_fast.data.synthetic as synthetic
 
     def fail(*a, **k):
         raise AssertionError("the demo started although --out holds files")
@@ -469,7 +469,7 @@ def test_demo_refuses_a_used_out_folder(tmp_path, capsys, monkeypatch):
 
 # ----------------------------------------------------------------------------- test --out
 def test_test_out_that_holds_files_is_refused_before_scoring(ckpt, tmp_path, capsys, monkeypatch):
-    import dadf_fast.evaluation as evaluation
+    import dadf_fast.engine.evaluation as evaluation
 
     def fail(*a, **k):
         raise AssertionError("scoring started although --out holds files")
@@ -489,8 +489,8 @@ def test_test_out_that_holds_files_is_refused_before_scoring(ckpt, tmp_path, cap
 
 
 def test_map_path_takes_a_unique_stem():
-    from dadf_fast._io import unique_output_stems
-    from dadf_fast.viz import map_path
+    from dadf_fast.utils.io import unique_output_stems
+    from dadf_fast.engine.visualize import map_path
 
     paths = ["t/good/a.png", "u/good/a.png"]
     got = [map_path("o", "c", "good", p, "tiff", stem=s) for p, s in zip(paths, unique_output_stems(paths))]
@@ -499,7 +499,7 @@ def test_map_path_takes_a_unique_stem():
 
 
 def test_bench_overwrite_allows_replacing_its_own_files(tmp_path):
-    from dadf_fast.bench import _check_outputs
+    from dadf_fast.cli.bench import _check_outputs
 
     old = tmp_path / "b.csv"
     old.write_text("x\n")

@@ -17,14 +17,14 @@ import torch
 
 import dadf_fast
 from dadf_fast import ops, reference
-from dadf_fast._backends import _cpp_stale_reason
-from dadf_fast._source_hash import source_hash
+from dadf_fast.kernels.cpp import stale_reason as _cpp_stale_reason
+from dadf_fast.kernels.cpp.source_hash import source_hash
 
 if os.environ.get("DADF_FAST_ALLOW_NO_EXT", "0") not in ("", "0"):
     if not dadf_fast.backends()["cpp"]["cpu"]["available"]:
         pytest.skip("C++ extension not built (DADF_FAST_ALLOW_NO_EXT=1)", allow_module_level=True)
 
-from dadf_fast import cpp  # noqa: E402  (raises ImportError with the reason when missing/stale)
+from dadf_fast.kernels.cpp import ops as cpp  # noqa: E402  (raises ImportError with the reason when missing/stale)
 
 OPS = torch.ops.dadf_fast
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -216,7 +216,8 @@ def test_every_cpu_instruction_set_copy_agrees():
     script = textwrap.dedent(
         """
         import torch
-        from dadf_fast import cpp, reference
+        from dadf_fast import reference
+        from dadf_fast.kernels.cpp import ops as cpp
         torch.manual_seed(0)
         x = torch.randn(2, 13, 9, 7); a = 3 * torch.randn(2, 12, 9, 7)
         g = 0.5 + torch.rand(13); b = torch.randn(13); perm = torch.randperm(13)

@@ -1,4 +1,4 @@
-"""Datasets (dadf_fast.data) and the synthetic dataset generator (dadf_fast.synthetic).
+"""Datasets (dadf_fast.data.datasets) and the synthetic dataset generator (dadf_fast.data.synthetic).
 
 Tiny layouts of 32x32 images are written into tmp_path with PIL.
 """
@@ -13,7 +13,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from dadf_fast import data as D
-from dadf_fast import synthetic as syn
+from dadf_fast.data import synthetic as syn
 
 MEAN = np.array(D.IMAGENET_MEAN)
 STD = np.array(D.IMAGENET_STD)

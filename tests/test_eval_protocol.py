@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from dadf_fast import data as D
-from dadf_fast.evaluation import evaluate, format_table
+from dadf_fast.engine.evaluation import evaluate, format_table
 
 H0, W0, S = 40, 56, 32
 LIMIT = 0.05
@@ -252,7 +252,7 @@ def test_mvtec_metrics_and_maps_at_original_size(tmp_path):
     flat = np.concatenate([m.ravel() for m in full_maps])
     assert res["pixel_auroc"] == pytest.approx(
         roc_auc_score(np.concatenate([g.ravel() for g in full_masks]), flat), abs=1e-12)
-    from dadf_fast.metrics import aupro
+    from dadf_fast.metrics.core import aupro
 
     assert res["aupro"] == pytest.approx(aupro(np.stack(full_maps), np.stack(full_masks)), abs=1e-12)
     assert len(list((out / "heatmaps").rglob("*.png"))) == len(test)
@@ -292,7 +292,8 @@ def test_original_resolution_needs_full_size_ground_truth():
 
 
 def test_cli_test_passes_resolution(monkeypatch, tmp_path):
-    from dadf_fast import cli, evaluation
+    from dadf_fast.cli import main as cli
+    from dadf_fast.engine import evaluation
 
     folder = tmp_path / "imgs"
     _save(folder / "a.png", np.zeros((H0, W0, 3), np.uint8))
@@ -325,7 +326,7 @@ def _tiny_mvtec(root: Path, rng, mask_shape=(H0, W0)) -> Path:
 
 
 def test_evaluate_out_dir_follows_the_output_rules(tmp_path):
-    from dadf_fast._io import OutputPathError
+    from dadf_fast.utils.io import OutputPathError
 
     rng = np.random.default_rng(7)
     _tiny_mvtec(tmp_path / "mvtec", rng)

@@ -46,7 +46,7 @@ from hypothesis import strategies as st
 
 import dadf_fast
 from dadf_fast import ops, reference
-from dadf_fast._backends import BackendUnavailable
+from dadf_fast.kernels.registry import BackendUnavailable
 
 F16, F32, F64 = torch.float16, torch.float32, torch.float64
 TOL = {F64: 1e-10, F32: 1e-5, F16: 2e-3}

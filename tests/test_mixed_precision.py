@@ -136,7 +136,7 @@ def test_channel_layer_norm_matches_layernorm_over_channels():
 def test_flow_norm_option_and_presets():
     assert isinstance(DADF("lite", pretrained=False, input_size=64).flows[1].norm, ChannelLayerNorm)
     assert isinstance(DADF("lite", pretrained=False, input_size=64, flow_norm="image").flows[1].norm, nn.LayerNorm)
-    from dadf_fast.model.presets import PRESETS
+    from dadf_fast.models.presets import PRESETS
 
     assert PRESETS["paper"]["flow_norm"] == "image"  # the official computation
     with pytest.raises(ValueError, match="flow_norm"):
@@ -207,7 +207,7 @@ def test_bf16_on_gpu_close_to_float32():
 
 # ----------------------------------------------------------------------------- the lite recipe
 def test_lite_recipe_counts_flow_steps_not_epochs():
-    from dadf_fast.training import LITE_FLOW_ITERS, FitConfig
+    from dadf_fast.models.training import LITE_FLOW_ITERS, FitConfig
 
     cfg = FitConfig.for_recipe("lite")
     assert cfg.iters_flow == LITE_FLOW_ITERS and cfg.lr_flow == 2e-3
@@ -225,14 +225,14 @@ def test_lite_recipe_counts_flow_steps_not_epochs():
 @pytest.mark.parametrize("field,value", [("epochs_flow", -1), ("iters_flow", 2.5), ("batch_size_flow", 0),
                                          ("lr_flow", 0.0), ("grad_clip", -1.0), ("val_fraction", 1.0)])
 def test_fit_config_rejects_bad_values(field, value):
-    from dadf_fast.training import FitConfig
+    from dadf_fast.models.training import FitConfig
 
     with pytest.raises(ValueError, match=f"FitConfig.{field} must be"):
         FitConfig(**{field: value})
 
 
 def test_cli_train_parses_dtype_and_flow_steps():
-    from dadf_fast.cli import build_parser
+    from dadf_fast.cli.main import build_parser
 
     args = build_parser().parse_args(["train", "--out", "x", "--dtype", "bfloat16", "--iters-flow", "50"])
     assert args.dtype == "bfloat16" and args.iters_flow == 50

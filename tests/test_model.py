@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from dadf_fast import DADF
-from dadf_fast.model.backbone import lite0_state_dict
+from dadf_fast.models.backbone import lite0_state_dict
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +142,7 @@ def test_checkpoint_loading_never_runs_code(tmp_path, capsys):
 
 
 def test_local_backbone_weights_file(tmp_path):
-    from dadf_fast.model.backbone import Backbone
+    from dadf_fast.models.backbone import Backbone
 
     ref = Backbone("resnet18", pretrained=False)
     path = tmp_path / "resnet18.pth"

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from dadf_fast import DADF
-from dadf_fast.baselines import KNNDetector, load_detector
-from dadf_fast.cli import main
-from dadf_fast.model.postprocess import gaussian_smooth
+from dadf_fast.models.knn import KNNDetector, load_detector
+from dadf_fast.cli.main import main
+from dadf_fast.models.postprocess import gaussian_smooth
 
 S = 64
 
@@ -108,7 +108,7 @@ def test_predict_accepts_any_float_dtype(model, knn):
 
 
 @pytest.mark.parametrize("images,exc,needle", [
-    (torch.zeros(1, 3, S, S, dtype=torch.uint8), TypeError, "dadf_fast.data.normalize"),
+    (torch.zeros(1, 3, S, S, dtype=torch.uint8), TypeError, "dadf_fast.data.datasets.normalize"),
     (torch.zeros(1, 3, S, S, dtype=torch.int64), TypeError, "images must be a floating-point tensor"),
     (torch.randn(1, 4, S, S), ValueError, "images must have 3 (RGB) channels, got 4"),
     (torch.randn(2, 1, 3, S, S), ValueError, "images must be 4-D"),

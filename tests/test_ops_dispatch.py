@@ -6,7 +6,7 @@ import torch
 
 import dadf_fast
 from dadf_fast import ops, reference
-from dadf_fast._backends import BackendUnavailable
+from dadf_fast.kernels.registry import BackendUnavailable
 
 
 def _coupling_args(c=5, bsz=2, h=3, w=4, dtype=torch.float32):
@@ -215,7 +215,7 @@ def test_dual_attention_zero_head_dim_and_bad_scale():
 
 
 def test_dual_attention_auto_skips_triton_beyond_its_head_dim(monkeypatch):
-    from dadf_fast.kernels.dual_attention import MAX_HEAD_DIM
+    from dadf_fast.kernels.triton.dual_attention import MAX_HEAD_DIM
     from dadf_fast.ops import _dispatch
     from dadf_fast.ops.dual_attention import OP, TRITON_MAX_HEAD_DIM
 

@@ -12,7 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dadf_fast import ops, reference
-from dadf_fast._backends import BackendUnavailable, triton_reason
+from dadf_fast.kernels.registry import BackendUnavailable
+from dadf_fast.kernels.triton import unavailable_reason as triton_reason
 
 HAS_CUDA = torch.cuda.is_available()
 pytestmark = pytest.mark.skipif(
@@ -21,8 +22,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 if triton_reason("cuda" if HAS_CUDA else "cpu") is None:
-    from dadf_fast.kernels.affine_coupling import affine_coupling_triton
-    from dadf_fast.kernels.depthwise_act import depthwise_conv_leaky_relu
+    from dadf_fast.kernels.triton.affine_coupling import affine_coupling_triton
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 B, H, W = 2, 5, 3
@@ -299,68 +299,6 @@ def test_torch_compile_fullgraph_public_op(device):
     _compile_and_compare(step, device)
 
 
-# ------------------------------------------------------------- depthwise conv + LeakyReLU
-
-
-def _dw_ref(x1, w, bias, slope):
-    return F.leaky_relu(F.conv2d(x1, w, bias, padding=w.shape[-1] // 2, groups=x1.shape[1]), slope)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("k,c1,with_bias", [(3, 4, True), (1, 3, True), (3, 1, False)])
-def test_depthwise_act_matches_torch(k, c1, with_bias, device):
-    # x1 is the first-half channel slice of a wider tensor (non-contiguous), as in a coupling step
-    xfull = torch.randn(B, 2 * c1 + 1, H, W, device=device, requires_grad=True)
-    w = torch.randn(c1, 1, k, k, device=device, requires_grad=True)
-    bias = torch.randn(c1, device=device, requires_grad=True) if with_bias else None
-    dy = torch.randn(B, c1, H, W, device=device)
-    leaves = [xfull, w] + ([bias] if with_bias else [])
-    y = depthwise_conv_leaky_relu(xfull[:, :c1], w, bias, 0.1)
-    got = torch.autograd.grad((y * dy).sum(), leaves)
-    yr = _dw_ref(xfull[:, :c1], w, bias, 0.1)
-    want = torch.autograd.grad((yr * dy).sum(), leaves)
-    torch.testing.assert_close(y, yr, rtol=1e-5, atol=1e-5)
-    for p, q in zip(got, want):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-5)
-
-
-def test_depthwise_act_float16():
-    """float16 storage, float32 arithmetic, one rounding per output (see the coupling test)."""
-    c1, k = 3, 3
-    x = torch.randn(B, c1, H, W).half()
-    w = (0.5 * torch.randn(c1, 1, k, k)).half()
-    bias = torch.randn(c1).half()
-    dy = torch.randn(B, c1, H, W).half()
-    leaves = [t.clone().requires_grad_() for t in (x, w, bias)]
-    y = depthwise_conv_leaky_relu(*leaves, 0.1)
-    got = torch.autograd.grad((y * dy).sum(), leaves)
-    ref = [t.float().requires_grad_() for t in (x, w, bias)]
-    yr = _dw_ref(*ref, 0.1)
-    want = torch.autograd.grad((yr * dy.float()).sum(), ref)
-    assert y.dtype == torch.float16
-    torch.testing.assert_close(y.float(), yr, rtol=1e-3, atol=1e-3)
-    for p, q in zip(got, want):
-        assert p.dtype == torch.float16
-        torch.testing.assert_close(p.float(), q, rtol=1e-3, atol=1e-3)
-
-
-def test_depthwise_act_rejects_bad_arguments():
-    x = torch.randn(B, 3, H, W)
-    with pytest.raises(ValueError, match="odd"):
-        depthwise_conv_leaky_relu(x, torch.randn(3, 1, 2, 2), None)
-    with pytest.raises(ValueError, match=r"\[3, 1, k, k\]"):
-        depthwise_conv_leaky_relu(x, torch.randn(4, 1, 3, 3), None)
-    with pytest.raises(ValueError, match="negative_slope"):
-        depthwise_conv_leaky_relu(x, torch.randn(3, 1, 3, 3), None, -0.1)
-
-
-def test_opcheck_depthwise_act():
-    x = torch.randn(1, 2, 3, 3, requires_grad=True)
-    w = torch.randn(2, 1, 3, 3, requires_grad=True)
-    bias = torch.randn(2, requires_grad=True)
-    torch.library.opcheck(torch.ops.dadf_fast_triton.depthwise_conv_leaky_relu.default, (x, w, bias, 0.1))
-
-
 # ------------------------------------------------------- GPU code generation without a GPU
 
 _AOT_SCRIPT = r'''
@@ -370,8 +308,7 @@ try:
     import triton
     from triton.compiler import ASTSource
     from triton.backends.compiler import GPUTarget
-    import dadf_fast.kernels.affine_coupling as K
-    import dadf_fast.kernels.depthwise_act as D
+    import dadf_fast.kernels.triton.affine_coupling as K
     target = GPUTarget("cuda", 90, 32)
 
     def source(fn, types, consts):
@@ -395,24 +332,12 @@ def coupling_types(dt):
         return "fp32" if n in ("clamp", "a_scale") else "i64" if n.startswith("s") else "i32"
     return types
 
-def dw_types(dt):
-    def types(n):
-        if n in ("pw_ptr", "pbias_ptr"):
-            return "*fp32"
-        if n.endswith("_ptr"):
-            return "*" + dt
-        return "fp32" if n == "slope" else "i32"
-    return types
-
 jobs = []
 for dt, rev in itertools.product(("fp32", "bf16"), (False, True)):
     jobs.append((K._coupling_fwd_kernel, coupling_types(dt),
                  dict(REVERSE=rev, X_FLAT=rev, A_FLAT=not rev, BLOCK_C=8, BLOCK_P=256)))
     jobs.append((K._coupling_bwd_kernel, coupling_types(dt),
                  dict(REVERSE=rev, O_FLAT=True, X_FLAT=not rev, A_FLAT=rev, BLOCK_C=8, BLOCK_P=256)))
-for dt, k in (("fp32", 3), ("fp16", 1)):
-    jobs.append((D._dw_fwd_kernel, dw_types(dt), dict(HAS_BIAS=k == 3, KSIZE=k, BLOCK_C=4, BLOCK_P=256)))
-    jobs.append((D._dw_bwd_kernel, dw_types(dt), dict(KSIZE=k, BLOCK_C=4, BLOCK_P=256)))
 for fn, types, consts in jobs:
     try:
         src = source(fn, types, consts)

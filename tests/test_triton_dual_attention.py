@@ -1,4 +1,4 @@
-"""Fused Triton dual attention (``dadf_fast.kernels.dual_attention``) against the reference.
+"""Fused Triton dual attention (``dadf_fast.kernels.triton.dual_attention``) against the reference.
 
 On a machine without a GPU the kernels run in Triton's interpreter on CPU tensors
 (``TRITON_INTERPRET=1``, set by conftest.py before triton is imported).  The interpreter
@@ -27,7 +27,8 @@ import pytest
 import torch
 
 from dadf_fast import ops
-from dadf_fast._backends import BackendUnavailable, triton_reason
+from dadf_fast.kernels.registry import BackendUnavailable
+from dadf_fast.kernels.triton import unavailable_reason as triton_reason
 from dadf_fast.reference import dual_attention as reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -35,7 +36,7 @@ _REASON = triton_reason(DEVICE)
 pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"Triton cannot run here: {_REASON}")
 
 if _REASON is None:
-    from dadf_fast.kernels import dual_attention as K
+    from dadf_fast.kernels.triton import dual_attention as K
 else:  # pragma: no cover
     K = None
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .. import ops
+from dadf_fast import ops
 
 
 class DualAttention(nn.Module):

@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import ops
-from .._backends import SOFT_PERMUTATION_REASON, BackendUnavailable
+from dadf_fast import ops
+from dadf_fast.kernels.registry import SOFT_PERMUTATION_REASON, BackendUnavailable
 
 # FrEIA's SOFTPLUS global affine: g = 0.1 * softplus_{beta=0.5}(raw), raw initialised so g = 1.
 _GLOBAL_SCALE_INIT = 2.0 * math.log(math.exp(0.5 * 10.0 * 1.0) - 1.0)

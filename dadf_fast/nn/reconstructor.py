@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..ops._dispatch import autocast_off
-from .attention import DualBlock
+from dadf_fast.utils.precision import autocast_off
+from dadf_fast.nn.attention import DualBlock
 
 
 def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:

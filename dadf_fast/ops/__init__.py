@@ -3,14 +3,14 @@
 Every op takes ``backend="auto" | "torch" | "triton" | "cpp"`` and computes the function of
 its reference in :mod:`dadf_fast.reference`.  See :func:`dadf_fast.backends`.
 """
-from . import affine_coupling as _ac
-from . import dual_attention as _da
-from . import flow_nll as _fn
-from . import multiscale_score as _ms
-from .affine_coupling import affine_coupling
-from .dual_attention import dual_attention
-from .flow_nll import flow_nll
-from .multiscale_score import multiscale_score
+from dadf_fast.ops import affine_coupling as _ac
+from dadf_fast.ops import dual_attention as _da
+from dadf_fast.ops import flow_nll as _fn
+from dadf_fast.ops import multiscale_score as _ms
+from dadf_fast.ops.affine_coupling import affine_coupling
+from dadf_fast.ops.dual_attention import dual_attention
+from dadf_fast.ops.flow_nll import flow_nll
+from dadf_fast.ops.multiscale_score import multiscale_score
 
 OPS = (_da.OP, _ac.OP, _fn.OP, _ms.OP)
 _BY_NAME = {op.name: op for op in OPS}

@@ -7,14 +7,14 @@ that can run the inputs; an explicit backend that cannot run raises instead.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import math
 from typing import Callable
 
 import torch
 
-from .._backends import BACKEND_NAMES, BackendUnavailable, backend_reason
+from dadf_fast.utils.checks import check_flag, check_number  # noqa: F401  (re-exported to the ops)
+from dadf_fast.utils.precision import autocast_off  # noqa: F401
+from dadf_fast.kernels.registry import BACKEND_NAMES, BackendUnavailable, backend_reason
 
 AUTO_ORDER = {"cuda": ("triton", "cpp", "torch"), "cpu": ("cpp", "torch")}
 
@@ -98,44 +98,11 @@ def lazy(module: str, attr: str, what: str):
     return load
 
 
-def autocast_off(device: torch.device):
-    """Context for the float32-accumulating ops (coupling epilogue, NLL, scoring): their
-    contract is float32 in, float32 out, so under a mixed-precision ``torch.autocast`` region
-    (``DADF(dtype="bf16")``) the reference bodies must not be recast (the dense permutation
-    conv of the torch coupling would otherwise round ``x`` to bfloat16)."""
-    if torch.is_autocast_enabled(device.type):
-        return torch.autocast(device.type, enabled=False)
-    return contextlib.nullcontext()
-
-
 def check_float(name: str, t: torch.Tensor) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if not t.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-
-
-def check_number(op: str, name: str, v, positive: bool = False) -> float:
-    """``v`` as a float; raise unless it is a finite real number (``> 0`` when ``positive``).
-
-    bool and str are rejected on purpose: ``float(True)`` and ``float("0.5")`` would succeed
-    and silently turn a mistaken argument into a value."""
-    import numbers
-
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        raise TypeError(f"{op}: {name} must be a real number, got {type(v).__name__} {v!r}")
-    f = float(v)
-    if not math.isfinite(f) or (positive and not f > 0):
-        raise ValueError(f"{op}: {name} must be a finite{' positive' if positive else ''} number, got {v!r}")
-    return f
-
-
-def check_flag(op: str, name: str, v) -> bool:
-    """``v`` unchanged; raise unless it is a bool (``bool("False")`` is True: a string or an int
-    would silently pick a branch)."""
-    if not isinstance(v, bool):
-        raise TypeError(f"{op}: {name} must be True or False, got {type(v).__name__} {v!r}")
-    return v
 
 
 def check_same(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from .. import reference
-from ._dispatch import Op, autocast_off, check_flag, check_float, check_number, check_same, lazy
+from dadf_fast import reference
+from dadf_fast.ops._dispatch import Op, autocast_off, check_flag, check_float, check_number, check_same, lazy
 
 
 def _dtype_reasons(backend, device_type, dtype):
@@ -21,8 +21,8 @@ OP = Op(
     name="affine_coupling",
     backends={
         "torch": lambda: reference.affine_coupling,
-        "triton": lazy("dadf_fast.kernels.affine_coupling", "affine_coupling_triton", "the Triton coupling kernel"),
-        "cpp": lazy("dadf_fast.cpp", "affine_coupling", "the C++ coupling op"),
+        "triton": lazy("dadf_fast.kernels.triton.affine_coupling", "affine_coupling_triton", "the Triton coupling kernel"),
+        "cpp": lazy("dadf_fast.kernels.cpp.ops", "affine_coupling", "the C++ coupling op"),
     },
     dtype_reasons=_dtype_reasons,
 )

@@ -1,8 +1,8 @@
 """Public op: fused self + memorial attention (validation and backend dispatch)."""
 from __future__ import annotations
 
-from .. import reference
-from ._dispatch import Op, check_float, check_number, check_same, lazy
+from dadf_fast import reference
+from dadf_fast.ops._dispatch import Op, check_float, check_number, check_same, lazy
 
 
 def _dtype_reasons(backend, device_type, dtype):
@@ -15,7 +15,7 @@ def _dtype_reasons(backend, device_type, dtype):
     return None
 
 
-# the Triton kernels' largest head dim (dadf_fast.kernels.dual_attention.MAX_HEAD_DIM; not
+# the Triton kernels' largest head dim (dadf_fast.kernels.triton.dual_attention.MAX_HEAD_DIM; not
 # imported from there: importing a kernel module imports triton)
 TRITON_MAX_HEAD_DIM = 256
 
@@ -30,7 +30,7 @@ OP = Op(
     name="dual_attention",
     backends={
         "torch": lambda: reference.dual_attention,
-        "triton": lazy("dadf_fast.kernels.dual_attention", "dual_attention_triton", "the Triton dual-attention kernel"),
+        "triton": lazy("dadf_fast.kernels.triton.dual_attention", "dual_attention_triton", "the Triton dual-attention kernel"),
     },
     dtype_reasons=_dtype_reasons,
     limit_reasons=_limit_reasons,

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from .. import reference
-from ._dispatch import Op, autocast_off, check_float, check_same, lazy
+from dadf_fast import reference
+from dadf_fast.ops._dispatch import Op, autocast_off, check_float, check_same, lazy
 
 
 def _dtype_reasons(backend, device_type, dtype):
@@ -15,7 +15,7 @@ def _dtype_reasons(backend, device_type, dtype):
 
 OP = Op(
     name="flow_nll",
-    backends={"torch": lambda: reference.flow_nll, "cpp": lazy("dadf_fast.cpp", "flow_nll", "the C++ flow_nll op")},
+    backends={"torch": lambda: reference.flow_nll, "cpp": lazy("dadf_fast.kernels.cpp.ops", "flow_nll", "the C++ flow_nll op")},
     dtype_reasons=_dtype_reasons,
 )
 

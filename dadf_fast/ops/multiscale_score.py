@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from .. import reference
-from ._dispatch import Op, autocast_off, check_float, check_same, lazy
+from dadf_fast import reference
+from dadf_fast.ops._dispatch import Op, autocast_off, check_float, check_same, lazy
 
 REDUCTIONS = ("max", "mean")
 
@@ -19,7 +19,7 @@ OP = Op(
     name="multiscale_score",
     backends={
         "torch": lambda: reference.multiscale_score,
-        "cpp": lazy("dadf_fast.cpp", "multiscale_score", "the C++ multiscale_score op"),
+        "cpp": lazy("dadf_fast.kernels.cpp.ops", "multiscale_score", "the C++ multiscale_score op"),
     },
     dtype_reasons=_dtype_reasons,
 )

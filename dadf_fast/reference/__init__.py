@@ -3,9 +3,9 @@ against.  Plain, readable torch that follows the official DADF / FrEIA computati
 permutation as a gather, which equals FrEIA's dense 0/1 convolution on finite input and keeps
 a non-finite value in its channel).  This package imports nothing else from ``dadf_fast``.
 """
-from .affine_coupling import affine_coupling, permutation_matrix
-from .dual_attention import dual_attention
-from .flow_nll import flow_nll
-from .multiscale_score import multiscale_score
+from dadf_fast.reference.affine_coupling import affine_coupling, permutation_matrix
+from dadf_fast.reference.dual_attention import dual_attention
+from dadf_fast.reference.flow_nll import flow_nll
+from dadf_fast.reference.multiscale_score import multiscale_score
 
 __all__ = ["dual_attention", "affine_coupling", "permutation_matrix", "flow_nll", "multiscale_score"]

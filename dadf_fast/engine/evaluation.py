@@ -8,9 +8,9 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from . import metrics
-from ._io import atomic_write_text
-from .data import collate, denormalize, load_rgb
+from dadf_fast import metrics
+from dadf_fast.utils.io import atomic_write_text
+from dadf_fast.data.datasets import collate, denormalize, load_rgb
 
 
 @torch.no_grad()
@@ -44,7 +44,7 @@ def _upsample(amap: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
 def _output_stems(paths: list, defects: list) -> list:
     """One collision-free file stem per image, unique inside each output folder (one per
     defect): MVTec stems are unique there already and stay as they are."""
-    from ._io import unique_output_stems
+    from dadf_fast.utils.io import unique_output_stems
 
     stems = [None] * len(paths)
     for d in sorted(set(defects)):
@@ -118,7 +118,7 @@ def evaluate(model, test_data, batch_size: int = 8, out_dir: str | None = None, 
     """
     import contextlib
 
-    from ._io import prepare_output_dir
+    from dadf_fast.utils.io import prepare_output_dir
 
     if resolution not in RESOLUTIONS:
         raise ValueError(f"resolution must be 'original' or 'input', got {resolution!r}")
@@ -132,7 +132,7 @@ def evaluate(model, test_data, batch_size: int = 8, out_dir: str | None = None, 
 
 def _refuse_output_among_inputs(out_dir, category: str, test_data) -> None:
     """Raise when a folder ``evaluate`` writes into holds test images of ``test_data``."""
-    from ._io import OutputPathError
+    from dadf_fast.utils.io import OutputPathError
 
     records = getattr(test_data, "records", None)
     if not records:
@@ -234,11 +234,11 @@ def _evaluate(model, test_data, batch_size, out_dir, category, heatmaps, tiff, s
         stems = _output_stems(paths, defects)
         for i in range(len(paths)):
             if tiff:
-                from .viz import map_path, save_tiff
+                from dadf_fast.engine.visualize import map_path, save_tiff
 
                 save_tiff(map_path(out_dir, category, defects[i], paths[i], "tiff", stem=stems[i]), maps[i])
             if heatmaps:
-                from .viz import overlay_panel, save_png
+                from dadf_fast.engine.visualize import overlay_panel, save_png
 
                 panel = overlay_panel(images[i], maps_in[i], masks_in[i] if labels[i] >= 0 else None, vmin, vmax)
                 save_png(os.path.join(out_dir, "heatmaps", defects[i], f"{stems[i]}.png"), panel)
@@ -293,8 +293,8 @@ def predict_files(model, paths, batch_size: int = 8, out_dir: str | None = None,
     (``OutputPathError``)."""
     import contextlib
 
-    from ._io import check_not_input, prepare_output_dir, protect_inputs, unique_output_stems
-    from .data import IMAGENET_MEAN, IMAGENET_STD
+    from dadf_fast.utils.io import check_not_input, prepare_output_dir, protect_inputs, unique_output_stems
+    from dadf_fast.data.datasets import IMAGENET_MEAN, IMAGENET_STD
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
@@ -324,7 +324,7 @@ def predict_files(model, paths, batch_size: int = 8, out_dir: str | None = None,
             for i, p in enumerate(chunk):
                 out.append({"path": str(p), "score": float(score[i])})
                 if out_dir:
-                    from .viz import overlay_panel, save_png, save_tiff
+                    from dadf_fast.engine.visualize import overlay_panel, save_png, save_tiff
 
                     png, tiff = targets[2 * (start + i)], targets[2 * (start + i) + 1]
                     save_png(png, overlay_panel(denormalize(batch[i]), amap[i, 0].numpy()))

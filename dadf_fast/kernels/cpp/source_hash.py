@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ROOT = os.path.dirname(os.path.abspath(__file__))  # dadf_fast/kernels/cpp, holding csrc/
 
 
 def source_hash(root: str | None = None) -> str | None:

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import torch
 
-from ._backends import _cpp_module
+from dadf_fast.kernels.cpp import load_extension
 
-_C, _reason = _cpp_module()
+_C, _reason = load_extension()
 if _C is None:
     raise ImportError(_reason)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .inputs import check_sigma
+from dadf_fast.models.inputs import check_sigma
 
 
 def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -27,13 +27,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._io import atomic_torch_save
-from .model.backbone import Backbone
-from .model.checkpoint import CheckpointError, first_nonfinite, read_checkpoint_file, state_dict_mismatch
-from .model.dadf import CHECKPOINT_FORMAT as DADF_FORMAT
-from .model.dadf import DADF
-from .model.inputs import check_finite_output, check_images, check_sigma, stack_train_images
-from .model.postprocess import gaussian_smooth
+from dadf_fast.utils.io import atomic_torch_save
+from dadf_fast.models.backbone import Backbone
+from dadf_fast.models.checkpoint import CheckpointError, first_nonfinite, read_checkpoint_file, state_dict_mismatch
+from dadf_fast.models.dadf import CHECKPOINT_FORMAT as DADF_FORMAT
+from dadf_fast.models.dadf import DADF
+from dadf_fast.models.inputs import check_finite_output, check_images, check_sigma, stack_train_images
+from dadf_fast.models.postprocess import gaussian_smooth
 
 KNN_FORMAT = "dadf-fast-knn"
 KNN_VERSION = 1
@@ -219,7 +219,7 @@ class KNNDetector(nn.Module):
         images = stack_train_images(train_data, self.input_size, "train_data")
         with contextlib.ExitStack() as stack:
             if out_dir:
-                from ._io import prepare_output_dir
+                from dadf_fast.utils.io import prepare_output_dir
 
                 stack.enter_context(prepare_output_dir(out_dir, overwrite=overwrite, what="out_dir"))
             return self._fit(images, progress, log, out_dir, batch_size, seed)
@@ -273,7 +273,7 @@ class KNNDetector(nn.Module):
         fmt = payload.get("format") if isinstance(payload, dict) else None
         if fmt == DADF_FORMAT:
             raise CheckpointError(f"checkpoint {path!r} is a DADF checkpoint, not a kNN one; open it with DADF.load "
-                                  "or dadf_fast.baselines.load_detector")
+                                  "or dadf_fast.models.knn.load_detector")
         if fmt != KNN_FORMAT:
             what = f"its format is {fmt!r}" if fmt is not None else "it has no 'format' entry"
             raise CheckpointError(f"checkpoint {path!r} is not a dadf-fast kNN checkpoint ({what}, expected "

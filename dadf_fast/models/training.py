@@ -19,7 +19,7 @@ import uuid
 
 import torch
 
-from .model.inputs import stack_train_images
+from dadf_fast.models.inputs import stack_train_images
 
 RECIPES = ("paper", "lite")
 LITE_FLOW_ITERS = 432  # 144 epochs of 40 images at batch 16 (docs/accuracy.md)
@@ -170,7 +170,7 @@ def fit(model, train_data, config: FitConfig | None = None, out_dir: str | None 
         config: a :class:`FitConfig` (default: ``FitConfig.for_recipe(**overrides)``).
         out_dir: where ``stage1.pt`` and ``model.pt`` are written (atomically) at the end of
             each stage.  It is checked before any training (see
-            :func:`dadf_fast._io.prepare_output_dir`) and locked while training runs; a folder
+            :func:`dadf_fast.utils.io.prepare_output_dir`) and locked while training runs; a folder
             that already holds files is refused unless ``overwrite`` (the previous run's
             ``stage1.pt``/``model.pt`` are removed first, so they can never be mistaken for
             this run's) or ``resume``.
@@ -192,7 +192,7 @@ def fit(model, train_data, config: FitConfig | None = None, out_dir: str | None 
                          "or start a new one over it")
     if not out_dir:
         return _fit(model, train_data, config, None, False, False, device, progress, log)
-    from ._io import prepare_output_dir
+    from dadf_fast.utils.io import prepare_output_dir
 
     with prepare_output_dir(out_dir, overwrite=overwrite, resume=resume, what="out_dir"):
         return _fit(model, train_data, config, os.fspath(out_dir), resume, overwrite, device, progress, log)
@@ -204,7 +204,7 @@ CHECKPOINT_NAMES = ("stage1.pt", "model.pt")
 def clear_checkpoints(out_dir) -> None:
     """Remove the training checkpoints (:data:`CHECKPOINT_NAMES`) of an earlier run from
     ``out_dir``, refusing (``OutputPathError``) any that is a protected input file."""
-    from ._io import check_not_input
+    from dadf_fast.utils.io import check_not_input
 
     for name in CHECKPOINT_NAMES:
         path = os.path.join(out_dir, name)
@@ -299,7 +299,7 @@ def _fit(model, train_data, cfg: FitConfig, out_dir, resume: bool, overwrite: bo
         t0 = time.perf_counter()
         params = [p for p in model.reconstructor.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.lr_recon, betas=(0.9, 0.95))
-        from .nn import reconstruction_loss
+        from dadf_fast.nn import reconstruction_loss
 
         def recon_loss(idx):
             f = [t[idx] for t in feats]

@@ -14,7 +14,7 @@ class UserError(Exception):
     """An error in what the user asked for: printed as one line, exit code 2."""
 
 
-from ._argtypes import input_size, nonnegative_int, positive_int, seed_int, sigma
+from dadf_fast.cli.argtypes import input_size, nonnegative_int, positive_int, seed_int, sigma
 
 
 OUT_RULE = ("must be a new or empty folder unless --overwrite; outputs never replace an input file, "
@@ -108,14 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("bench", help="benchmark suite: inference and training-step throughput of the backends")
-    from .bench import add_arguments as _bench_arguments
+    from dadf_fast.cli.bench import add_arguments as _bench_arguments
 
     _bench_arguments(p)
     return parser
 
 
 def _datasets(args, split, image_size):
-    from . import data
+    from dadf_fast import data
 
     if args.data:
         if not args.category:
@@ -135,8 +135,8 @@ def _datasets(args, split, image_size):
 
 def _prepare_out(args, inputs=(), resume=None) -> None:
     """Check and lock ``--out`` (when given) for the rest of the command, before any work (see
-    :func:`dadf_fast._io.prepare_output_dir`), and keep ``inputs`` from being overwritten."""
-    from ._io import prepare_output_dir, protect_inputs
+    :func:`dadf_fast.utils.io.prepare_output_dir`), and keep ``inputs`` from being overwritten."""
+    from dadf_fast.utils.io import prepare_output_dir, protect_inputs
 
     if args.out is not None:
         args.cleanup.enter_context(prepare_output_dir(args.out, overwrite=args.overwrite, resume=resume,
@@ -152,7 +152,7 @@ def _dataset_files(dataset) -> list:
 def cmd_train(args):
     import torch
 
-    from . import DADF
+    from dadf_fast import DADF
 
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite contradict each other: continue the run in --out, or start anew")
@@ -164,12 +164,12 @@ def cmd_train(args):
     _prepare_out(args, inputs=[*_dataset_files(train), args.backbone_weights],
                  resume=args.resume if args.method == "dadf" else None)
     if args.method == "knn":
-        from .training import clear_checkpoints
+        from dadf_fast.models.training import clear_checkpoints
 
         if args.overwrite:
             clear_checkpoints(args.out)
-        from .baselines import KNNDetector
-        from .model.presets import PRESETS
+        from dadf_fast.models.knn import KNNDetector
+        from dadf_fast.models.presets import PRESETS
 
         model = KNNDetector(PRESETS[args.preset]["backbone"], pretrained=not args.no_pretrained,
                             input_size=args.input_size, seed=args.seed,
@@ -191,13 +191,13 @@ def cmd_train(args):
 
 
 def _load(args):
-    from .baselines import load_detector
+    from dadf_fast.models.knn import load_detector
 
     return load_detector(args.checkpoint, backend=args.backend, map_location=args.device)
 
 
 def cmd_test(args):
-    from .evaluation import evaluate, format_table, public
+    from dadf_fast.engine.evaluation import evaluate, format_table, public
 
     model = _load(args)
     test = _datasets(args, "test", model.input_size)
@@ -212,8 +212,8 @@ def cmd_test(args):
 
 
 def cmd_predict(args):
-    from .data import IMAGE_EXTENSIONS, list_images
-    from .evaluation import predict_files
+    from dadf_fast.data.datasets import IMAGE_EXTENSIONS, list_images
+    from dadf_fast.engine.evaluation import predict_files
 
     paths = []
     for p in args.images:
@@ -236,7 +236,7 @@ def cmd_predict(args):
 
 
 def cmd_demo(args):
-    from .demo import run_demo
+    from dadf_fast.cli.demo import run_demo
 
     _prepare_out(args)
     run_demo(args.out, categories=args.categories, seed=args.seed, device=args.device, backend=args.backend,
@@ -244,7 +244,7 @@ def cmd_demo(args):
 
 
 def cmd_bench(args):
-    from .bench import main
+    from dadf_fast.cli.bench import main
 
     main(args)
 

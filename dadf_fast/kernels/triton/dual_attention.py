@@ -88,7 +88,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._backends import triton_interpret, triton_reason
+from dadf_fast.kernels.triton import interpret as triton_interpret, unavailable_reason as triton_reason
 
 LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256

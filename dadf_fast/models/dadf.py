@@ -10,16 +10,16 @@ import os
 import torch
 import torch.nn as nn
 
-from .. import ops
-from .._backends import BACKEND_NAMES
-from ..ops._dispatch import autocast_off
-from .._io import atomic_torch_save
-from ..nn import FLOW_NORMS, FlowStage, Reconstructor, reconstruction_loss
-from .backbone import Backbone
-from .checkpoint import CheckpointError, first_nonfinite, read_checkpoint_file, state_dict_mismatch
-from .inputs import check_finite_output, check_images, check_sigma, stack_train_images
-from .postprocess import gaussian_smooth
-from .presets import PATCH_SIZES, PRESETS
+from dadf_fast import ops
+from dadf_fast.kernels.registry import BACKEND_NAMES
+from dadf_fast.utils.precision import autocast_off
+from dadf_fast.utils.io import atomic_torch_save
+from dadf_fast.nn import FLOW_NORMS, FlowStage, Reconstructor, reconstruction_loss
+from dadf_fast.models.backbone import Backbone
+from dadf_fast.models.checkpoint import CheckpointError, first_nonfinite, read_checkpoint_file, state_dict_mismatch
+from dadf_fast.models.inputs import check_finite_output, check_images, check_sigma, stack_train_images
+from dadf_fast.models.postprocess import gaussian_smooth
+from dadf_fast.models.presets import PATCH_SIZES, PRESETS
 
 CHECKPOINT_FORMAT = "dadf-fast"
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -162,7 +162,7 @@ class DADF(nn.Module):
 
     def autocast(self, device_type: str):
         """The mixed-precision context of ``dtype`` (a no-op in float32).  ``forward`` and
-        :func:`dadf_fast.training.fit` enter it; call it around :meth:`features` /
+        :func:`dadf_fast.models.training.fit` enter it; call it around :meth:`features` /
         ``reconstructor`` / :meth:`flow_loss` when driving the model piecewise."""
         if self.compute_dtype == torch.float32:
             return contextlib.nullcontext()
@@ -264,7 +264,7 @@ class DADF(nn.Module):
         model's configured smoothing.
 
         Returns ``{"anomaly_map": [B, 1, S, S], "score": [B]}``; raises
-        :class:`~dadf_fast.model.inputs.NonFiniteOutputError` rather than return NaN or Inf.
+        :class:`~dadf_fast.models.inputs.NonFiniteOutputError` rather than return NaN or Inf.
         """
         self.check_images(images)
         if images.shape[0] == 0:
@@ -285,13 +285,13 @@ class DADF(nn.Module):
         return out
 
     def fit(self, train_data, **kwargs) -> dict:
-        """Two-stage training; see :func:`dadf_fast.training.fit` for the arguments.
+        """Two-stage training; see :func:`dadf_fast.models.training.fit` for the arguments.
 
         ``train_data`` (a tensor ``[N, 3, S, S]`` or a dataset of such images) is checked
         here first: an empty set, a wrong shape or dtype or NaN/Inf values raise a one-line
         error naming it, instead of surfacing later as a NaN loss.
         """
-        from ..training import fit  # the training loop lives in the pipeline layer above
+        from dadf_fast.models.training import fit  # the training loop lives in the pipeline layer above
 
         images = stack_train_images(train_data, self.input_size, "train_data")
         # the training loop feeds the backbone directly: cast here, as forward does
@@ -349,7 +349,7 @@ class DADF(nn.Module):
         fmt = payload.get("format") if isinstance(payload, dict) else None
         if fmt != CHECKPOINT_FORMAT:
             what = f"its format is {fmt!r}" if fmt is not None else "it has no 'format' entry"
-            hint = ("; dadf_fast.baselines.load_detector opens every detector checkpoint"
+            hint = ("; dadf_fast.models.knn.load_detector opens every detector checkpoint"
                     if isinstance(fmt, str) else "")
             raise CheckpointError(f"checkpoint {path!r} is not a dadf-fast checkpoint ({what}, expected "
                                   f"{CHECKPOINT_FORMAT!r}){hint}")

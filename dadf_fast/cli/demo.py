@@ -26,8 +26,8 @@ def run_demo(out: str = "runs/demo", categories=None, seed: int = 0, device: str
     """Build the demo data under ``out/data``, train and evaluate each category into
     ``out/<category>``, write ``out/demo_metrics.json``; returns that summary.  ``out`` is
     checked first: a folder that already holds files is refused unless ``overwrite``."""
-    from ._io import prepare_output_dir
-    from .synthetic import DEMO_CATEGORIES
+    from dadf_fast.utils.io import prepare_output_dir
+    from dadf_fast.data.synthetic import DEMO_CATEGORIES
 
     categories = list(categories or DEMO_CATEGORIES)
     unknown = [c for c in categories if c not in DEMO_CATEGORIES]
@@ -38,11 +38,11 @@ def run_demo(out: str = "runs/demo", categories=None, seed: int = 0, device: str
 
 
 def _run(out, categories, seed, device, backend, progress, epochs_recon, epochs_flow, log, dtype, overwrite) -> dict:
-    from . import DADF
-    from ._io import atomic_write_text
-    from .data import MVTecAD
-    from .evaluation import evaluate, format_table, public
-    from .synthetic import make_dataset
+    from dadf_fast import DADF
+    from dadf_fast.utils.io import atomic_write_text
+    from dadf_fast.data.datasets import MVTecAD
+    from dadf_fast.engine.evaluation import evaluate, format_table, public
+    from dadf_fast.data.synthetic import make_dataset
 
     t_start = time.perf_counter()
     data_root = os.path.join(out, "data")

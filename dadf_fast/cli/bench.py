@@ -116,9 +116,9 @@ def _infer_stages(model, x, device) -> dict:
 
 
 def _infer_stages_timed(model, x, device) -> dict:
-    from . import ops
-    from .model.postprocess import gaussian_smooth
-    from .ops._dispatch import autocast_off
+    from dadf_fast import ops
+    from dadf_fast.models.postprocess import gaussian_smooth
+    from dadf_fast.utils.precision import autocast_off
 
     out = {}
     t0 = time.perf_counter()
@@ -155,14 +155,14 @@ def _split(model, x, device, warmup, reps) -> dict:
 
 def _make_task(model, task, variant, x, cache):
     """``(step_fn, params_to_restore)`` for one (task, variant) on batch ``x``."""
-    from .nn import reconstruction_loss
+    from dadf_fast.nn import reconstruction_loss
 
     compiling = variant in ("compile", "auto-compile")
     # on GPU, auto-compile also takes torch.compile's CUDA-graph mode (launch overhead)
     compile_mode = "reduce-overhead" if variant == "auto-compile" and x.device.type == "cuda" else None
     if task == "infer":
         if variant == "auto-graph":
-            from .model.graphs import CUDAGraphInference
+            from dadf_fast.models.graphs import CUDAGraphInference
 
             graph = CUDAGraphInference(model, x.shape[0])
             return (lambda: graph(x)), None
@@ -218,7 +218,7 @@ def _make_task(model, task, variant, x, cache):
 
 
 def _resolved_ops(backend, device, dtype) -> str:
-    from .ops import selected_backend
+    from dadf_fast.ops import selected_backend
 
     names = ("dual_attention", "affine_coupling", "flow_nll", "multiscale_score")
     out = []
@@ -257,7 +257,7 @@ def run_bench(preset="lite", batch_sizes=None, quick: bool = False, csv: str | N
         csv, json_path, plot: output files (a CSV table, a JSON list of rows, a PNG bar plot),
             checked before anything runs: distinct, writable, and not existing unless ``overwrite``.
     """
-    from . import DADF
+    from dadf_fast import DADF
 
     dev = torch.device(device)
     presets = [preset] if isinstance(preset, str) else list(preset)
@@ -331,7 +331,7 @@ def run_bench(preset="lite", batch_sizes=None, quick: bool = False, csv: str | N
     if json_path:
         import json
 
-        from ._io import atomic_open
+        from dadf_fast.utils.io import atomic_open
 
         with atomic_open(json_path, "w") as f:
             json.dump({"header": header, "rows": rows}, f, indent=1, default=str)
@@ -342,8 +342,8 @@ def run_bench(preset="lite", batch_sizes=None, quick: bool = False, csv: str | N
 
 def _check_outputs(files: dict, overwrite: bool) -> None:
     """Every output file (``{argument name: path or None}``) is usable before the (long) suite
-    runs: see :func:`dadf_fast._io.prepare_output_file`."""
-    from ._io import OutputPathError, prepare_output_file
+    runs: see :func:`dadf_fast.utils.io.prepare_output_file`."""
+    from dadf_fast.utils.io import OutputPathError, prepare_output_file
 
     given = {k: os.fspath(v) for k, v in files.items() if v}
     seen = {}
@@ -454,7 +454,7 @@ def _print_row(r, print_fn=print) -> None:
 def write_csv(rows, path) -> None:
     import csv as _csv
 
-    from ._io import atomic_open
+    from dadf_fast.utils.io import atomic_open
 
     with atomic_open(path, "w") as f:
         w = _csv.DictWriter(f, fieldnames=list(COLUMNS))
@@ -505,7 +505,7 @@ def write_plot(rows, path, title: str = "") -> None:
     ax.set_title("where inference time goes", fontsize=9)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    from ._io import atomic_open
+    from dadf_fast.utils.io import atomic_open
 
     fmt = os.path.splitext(os.fspath(path))[1].lstrip(".").lower() or "png"
     with atomic_open(path, "wb") as f:
@@ -522,8 +522,8 @@ def stage_flops(preset: str = "lite", input_size: int = 256) -> dict:
     permutation as a gather, which has no FLOPs); ``stage1_train``/``stage2_train`` are forward + backward of the stage loss."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from . import DADF
-    from .nn import reconstruction_loss
+    from dadf_fast import DADF
+    from dadf_fast.nn import reconstruction_loss
 
     torch.manual_seed(0)
     model = DADF(preset, pretrained=False, input_size=input_size, backend="torch").eval()
@@ -555,7 +555,7 @@ def stage_flops(preset: str = "lite", input_size: int = 256) -> dict:
 def coupling_bytes(preset: str = "lite", input_size: int = 256, itemsize: int = 4) -> list:
     """Bytes per image the fused coupling epilogue must move per step and scale: read x
     ``[C,H,W]`` and a ``[2*(C//2),H,W]``, write y ``[C,H,W]`` (g, b, perm are negligible)."""
-    from .model.presets import PRESETS
+    from dadf_fast.models.presets import PRESETS
 
     name = PRESETS[preset]["backbone"]
     channels = {"efficientnet_lite0": (24, 40, 112), "wide_resnet50_2": (256, 512, 1024)}.get(name)
@@ -568,7 +568,7 @@ def coupling_bytes(preset: str = "lite", input_size: int = 256, itemsize: int = 
 
 # ----------------------------------------------------------------------------- command line
 def add_arguments(p) -> None:
-    from ._argtypes import nonnegative_int, positive_int
+    from dadf_fast.cli.argtypes import nonnegative_int, positive_int
 
     p.add_argument("--preset", nargs="+", default=["lite"], choices=["lite", "paper"],
                    help="preset(s) to run (default: lite)")

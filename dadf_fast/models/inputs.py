@@ -11,7 +11,7 @@ import numbers
 import torch
 
 NORMALISE_HINT = ("scale to [0, 1] and ImageNet-normalise them first, e.g. "
-                  "dadf_fast.data.normalize(images.float() / 255)")
+                  "dadf_fast.data.datasets.normalize(images.float() / 255)")
 
 
 def check_images(images, size: int, name: str = "images") -> None:

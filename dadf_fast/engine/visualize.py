@@ -6,7 +6,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from ._io import atomic_open
+from dadf_fast.utils.io import atomic_open
 
 
 def colorize(amap: np.ndarray, vmin: float = 0.0, vmax: float = 1.0) -> np.ndarray:

@@ -57,7 +57,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .metrics import saturation_area
+from dadf_fast.metrics.core import saturation_area
 
 __all__ = [
     "IMAGENET_MEAN",

@@ -18,7 +18,7 @@ class CUDAGraphInference:
     ``graph(images [batch_size, 3, S, S]) -> {"anomaly_map": [B, 1, S, S], "score": [B]}``,
     equal to ``model.predict(images)`` (the same kernels replayed; images of any float dtype
     are copied into the float32 buffer; unlike ``predict`` a non-finite map is returned as it
-    is, without the host sync a check would cost: ``dadf_fast.model.inputs.check_finite_output``).  The input is copied into
+    is, without the host sync a check would cost: ``dadf_fast.models.inputs.check_finite_output``).  The input is copied into
     a static buffer and the outputs are cloned out of the graph's static outputs, so results
     of earlier calls stay valid.  The model must not change (weights, backend, dtype) after
     capture: the graph holds pointers to its parameters and the kernels chosen at capture.

@@ -1,0 +1,1 @@
+"""Helpers every layer may use: atomic, never-overwriting file output (:mod:`.io`)."""
