@@ -62,7 +62,7 @@ step pytest_gpu 75 $PY -m pytest -q -x -m gpu tests/ -p no:cacheprovider --junit
 # the end-to-end suite.  Issue 7's H200 bars: paper preset, batch 64, bf16 inference >= 1000
 # img/s, >= 3x the fp32 eager reference (bench_paper_infer_fp32, torch row at batch 64) and
 # >= 1.3x torch.compile of the reference in bf16 (the compile row of bench_paper_infer_bf16).
-BENCH="$PY -m dadf_fast.cli.main bench --device cuda --reps 5 --warmup 2"
+BENCH="$PY -m dadf_fast.cli.commands bench --device cuda --reps 5 --warmup 2"
 step bench_paper_infer_fp32 60 $BENCH --preset paper --tasks infer --variants torch auto auto-graph \
   --batch-sizes 1 8 32 64 --csv "$OUTDIR/bench_paper_infer_fp32.csv" --json "$OUTDIR/bench_paper_infer_fp32.json" \
   --plot "$OUTDIR/bench_paper_infer_fp32.png"

@@ -67,7 +67,7 @@ def test_stage_flops_and_coupling_bytes():
 
 
 def test_cli_parses_bench_options():
-    from dadf_fast.cli.main import build_parser
+    from dadf_fast.cli.commands import build_parser
 
     args = build_parser().parse_args(["bench", "--quick", "--preset", "lite", "paper", "--variants", "torch", "auto",
                                       "--csv", "x.csv", "--plot", "x.png", "--dtype", "bfloat16"])

@@ -1,6 +1,6 @@
 """Output safety (issue #14): no command overwrites an input or an earlier run's files, output
 folders are checked before any work, numeric arguments are validated, files get normal
-permissions.  Each case drives ``dadf_fast.cli.main.main`` (or the Python API) on tiny data and
+permissions.  Each case drives ``dadf_fast.cli.commands.main`` (or the Python API) on tiny data and
 compares the bytes and mtimes of every file involved before and after."""
 import os
 import subprocess
@@ -17,7 +17,7 @@ from PIL import Image
 from dadf_fast import DADF
 from dadf_fast.utils.io import (LOCK_NAME, OutputInUseError, OutputPathError, atomic_write_text, prepare_output_dir,
                            protect_inputs)
-from dadf_fast.cli.main import main
+from dadf_fast.cli.commands import main
 
 SIZE = 64
 

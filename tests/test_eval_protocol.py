@@ -292,7 +292,7 @@ def test_original_resolution_needs_full_size_ground_truth():
 
 
 def test_cli_test_passes_resolution(monkeypatch, tmp_path):
-    from dadf_fast.cli import main as cli
+    from dadf_fast.cli import commands as cli
     from dadf_fast.engine import evaluation
 
     folder = tmp_path / "imgs"

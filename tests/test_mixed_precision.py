@@ -232,7 +232,7 @@ def test_fit_config_rejects_bad_values(field, value):
 
 
 def test_cli_train_parses_dtype_and_flow_steps():
-    from dadf_fast.cli.main import build_parser
+    from dadf_fast.cli.commands import build_parser
 
     args = build_parser().parse_args(["train", "--out", "x", "--dtype", "bfloat16", "--iters-flow", "50"])
     assert args.dtype == "bfloat16" and args.iters_flow == 50

@@ -9,7 +9,7 @@ import torch
 
 from dadf_fast import DADF
 from dadf_fast.models.knn import KNNDetector, load_detector
-from dadf_fast.cli.main import main
+from dadf_fast.cli.commands import main
 from dadf_fast.models.postprocess import gaussian_smooth
 
 S = 64

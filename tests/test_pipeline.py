@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dadf_fast import DADF
-from dadf_fast.cli.main import main
+from dadf_fast.cli.commands import main
 from dadf_fast.data.datasets import MVTecAD
 from dadf_fast.engine.evaluation import evaluate
 from dadf_fast.data.synthetic import make_dataset
