@@ -10,7 +10,7 @@ reconstructor (``--epochs-recon``, default 4 as the lite recipe) are computed on
 flow inputs ``cat(F, R_l, R_g)`` of the train and test images.  A variant then only trains the
 flows (Adam, weight decay 1e-5, batch 16, gradient clipping 1.0, seed 0, as
 :func:`dadf_fast.models.training.fit`) and evaluates image / pixel AUROC at the epochs of
-``--evals`` (scoring as ``DADF._infer``: ``multiscale_score`` of the scored scales, Gaussian
+``--evals`` (scoring as ``DADF.score``: ``multiscale_score`` of the scored scales, Gaussian
 smoothing, image score = max).  The shuffling order differs from ``fit``'s (which draws
 stage 1's order from the same generator first), so numbers match the harness's only
 closely, not exactly.
@@ -32,7 +32,7 @@ DEMO = ("brick", "grass", "gravel")
 
 def _cache(cat: str, out: str, epochs_recon: int = 4) -> dict:
     from dadf_fast import DADF
-    from dadf_fast.data.datasets import MVTecAD
+    from dadf_fast.data import MVTecAD
     from dadf_fast.data.synthetic import make_dataset
 
     path = os.path.join(out, f"{cat}_recon{epochs_recon}.pt")

@@ -103,7 +103,7 @@ def _fit(method: str, train, args, out_dir: str):
 
 
 def run(args) -> dict:
-    from dadf_fast.data.datasets import MVTecAD
+    from dadf_fast.data import MVTecAD
     from dadf_fast.engine.evaluation import evaluate, public
     from dadf_fast.data.synthetic import DEMO_CATEGORIES, available_sources, make_dataset
 

@@ -20,13 +20,13 @@ N=256, D=48.  ``--quick`` shrinks the batch (B=2) for a fast CPU run.  Without a
 Triton row is skipped (Triton runs on CPU tensors only in its interpreter, which is exact
 but thousands of times slower and measures nothing useful) and the reason is printed.
 
-The performance bar (H200, paper shape, bfloat16): triton forward >= 1.2x faster than
+The performance targets (H200, paper shape, bfloat16): triton forward >= 1.2x faster than
 ``sdpa_x2``, forward+backward at least as fast as ``sdpa_x2`` and >= 3x faster than
 ``eager``; it is checked and printed on CUDA.
 
 ``--tune`` (CUDA only) times a few alternative block-size configurations of each Triton
 kernel on the paper shape and prints the best, to refine the heuristic table in
-``dadf_fast/kernels/dual_attention.py``.
+``dadf_fast/kernels/triton/dual_attention.py``.
 
     python benchmarks/attention.py                          # CUDA: paper + lite, bfloat16
     python benchmarks/attention.py --dtype float16 --json out.json
@@ -39,7 +39,6 @@ import argparse
 import json
 import math
 import platform
-import statistics
 import sys
 import time
 
@@ -47,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from dadf_fast import ops, reference
+from dadf_fast.utils.measure import extra_peak_memory_mb, time_fn
 from dadf_fast.kernels.triton import interpret as triton_interpret, unavailable_reason as triton_reason
 
 SHAPES = {"paper": (32, 8, 256, 180), "lite": (8, 4, 256, 48)}
@@ -84,32 +84,6 @@ def make_inputs(B, H, N, D, dtype, device, requires_grad):
     return [qx, kx, vx, qm, vm]
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_fn(fn, device, warmup, reps):
-    """Median wall time of ``fn()`` in milliseconds (CUDA events on GPU)."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
 def flops(B, H, N, D):
     fwd = 2 * 4 * B * H * N * N * D
     return fwd, fwd * 3.5
@@ -120,7 +94,7 @@ def bench_impl(impl, shape, dtype, device, warmup, reps):
     scale = 1.0 / math.sqrt(D)
     with torch.no_grad():
         ts = make_inputs(B, H, N, D, dtype, device, requires_grad=False)
-        t_fwd = time_fn(lambda: impl(*ts, scale), device, warmup, reps)
+        t_fwd = 1e3 * time_fn(lambda: impl(*ts, scale), device, warmup, reps, cuda_events=True)
     ts = make_inputs(B, H, N, D, dtype, device, requires_grad=True)
     dout = [torch.randn(B, H, N, D, device=device, dtype=dtype) for _ in range(2)]
 
@@ -130,14 +104,9 @@ def bench_impl(impl, shape, dtype, device, warmup, reps):
 
     peak = None
     if device.type == "cuda":
-        fwd_bwd()
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        fwd_bwd()
-        torch.cuda.synchronize()
-        peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    t_fb = time_fn(fwd_bwd, device, warmup, reps)
+        fwd_bwd()  # the first call compiles: its allocations are not the op's
+        peak = extra_peak_memory_mb(fwd_bwd, device)
+    t_fb = 1e3 * time_fn(fwd_bwd, device, warmup, reps, cuda_events=True)
     return t_fwd, t_fb, peak
 
 

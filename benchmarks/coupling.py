@@ -33,13 +33,13 @@ import json
 import math
 import platform
 import sys
-import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from dadf_fast import ops, reference
+from dadf_fast.utils.measure import extra_peak_memory_mb, time_fn
 from dadf_fast.kernels.triton import unavailable_reason as triton_reason
 
 PRESETS = {
@@ -49,44 +49,9 @@ PRESETS = {
 _GLOBAL_SCALE_INIT = 2.0 * math.log(math.exp(0.5 * 10.0) - 1.0)
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def bench(fn, device, iters, warmup):
-    """Median wall time of ``fn()`` in ms (CUDA events on GPU)."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(1e3 * (time.perf_counter() - t0))
-    times.sort()
-    return times[len(times) // 2]
-
-
-def peak_mib(fn, device):
-    """Peak memory allocated by ``fn()`` above what was allocated before (MiB); CUDA only."""
-    if device.type != "cuda":
-        return None
-    _sync(device)
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(device)
-    base = torch.cuda.memory_allocated(device)
-    fn()
-    _sync(device)
-    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    """Median device time of ``fn()`` in ms (CUDA events on GPU)."""
+    return 1e3 * time_fn(fn, device, warmup, iters, cuda_events=True)
 
 
 class Step(nn.Module):
@@ -154,7 +119,7 @@ def run_rows(name, fwd, inputs, grad_targets, device, iters, warmup, nbytes=None
     with torch.no_grad():
         t_f = bench(fwd, device, iters, warmup)
     t_fb = bench(fwd_bwd, device, iters, warmup)
-    row = {"row": name, "fwd_ms": t_f, "fwd_bwd_ms": t_fb, "peak_mib": peak_mib(fwd_bwd, device)}
+    row = {"row": name, "fwd_ms": t_f, "fwd_bwd_ms": t_fb, "peak_mib": extra_peak_memory_mb(fwd_bwd, device)}
     if nbytes is not None:
         row["fwd_gbps"] = nbytes[0] / t_f / 1e6
         row["fwd_bwd_gbps"] = (nbytes[0] + nbytes[1]) / t_fb / 1e6

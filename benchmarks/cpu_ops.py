@@ -21,7 +21,7 @@ On a shared 2-core machine, load from other processes makes the 2-thread timings
 (each parallel region waits for a descheduled thread); ``--threads 1`` is steadier.
 
 Every row also reports the largest difference between the C++ result and the reference,
-relative to max(1, |reference|).  The performance bars this is checked against (2-core CPU):
+relative to max(1, |reference|).  The performance targets it is checked against (2-core CPU):
 multiscale_score >= 2x the reference, flow_nll >= 1.5x, flow_stage forward >= 2x FrEIA at
 lite shapes, results identical to 1e-5.
 """

@@ -1,4 +1,4 @@
-"""End-to-end benchmark suite (a thin wrapper of ``dadf-fast bench``; see dadf_fast/bench.py).
+"""End-to-end benchmark suite (a thin wrapper of ``dadf-fast bench``; see dadf_fast/cli/bench.py).
 
     python benchmarks/end_to_end.py --quick
     python benchmarks/end_to_end.py --preset lite paper --csv e2e.csv --plot e2e.png --flops

@@ -4,7 +4,7 @@ Without a GPU, Triton kernels run in Triton's interpreter on CPU tensors; the in
 must be switched on before triton is first imported, so it is set here, at collection time.
 Tests marked ``gpu`` are skipped when no CUDA device is visible.
 
-Hypothesis profiles (tests/test_fuzz_ops.py): ``ci``, the default, is derandomized (the same
+Hypothesis profiles (the fuzz tests, tests/ops/test_fuzz_*.py): ``ci``, the default, is derandomized (the same
 examples on every run) and small; ``deep`` draws new random examples on every run and 10 times
 as many (``HYPOTHESIS_PROFILE=deep`` or ``--hypothesis-profile=deep``).  Neither writes an
 example database into the checkout: a failure prints its ``@reproduce_failure`` blob instead.
@@ -57,17 +57,33 @@ def one_thread():
 
 @pytest.fixture
 def require_backend():
-    """``require_backend(name)``: skip when the backend cannot run on CPU tensors here, but
-    fail under CI (``CI`` set), where the extension and the Triton interpreter must work, so
-    that a broken fast path can never pass as a skip."""
+    """``require_backend(name, device="cpu")``: skip when the backend cannot run on that
+    device's tensors here, but fail under CI (``CI`` set), where the extension and the Triton
+    interpreter must work, so that a broken fast path can never pass as a skip.  ``"auto"``
+    always runs; ``cuda`` is left to the ``gpu`` mark (tests on it are skipped without a GPU)."""
     import dadf_fast
 
-    def check(name):
-        entry = dadf_fast.backends()[name]["cpu"]
+    def check(name, device="cpu"):
+        if name == "auto":
+            return
+        entry = dadf_fast.backends()[name][device]
         if entry["available"]:
             return
-        if os.environ.get("CI"):
+        if os.environ.get("CI") and device == "cpu":
             pytest.fail(f"backend {name!r} must be available in CI: {entry['reason']}")
-        pytest.skip(entry["reason"])
+        pytest.skip(f"backend {name!r} cannot run on {device} here: {entry['reason']}")
 
     return check
+
+
+def pytest_terminal_summary(terminalreporter):
+    """List every skip reason with its count at the end of the run, so a skip is never silent."""
+    reasons = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        if isinstance(report.longrepr, tuple):
+            reason = report.longrepr[2].removeprefix("Skipped: ")
+            reasons[reason] = reasons.get(reason, 0) + 1
+    if reasons:
+        terminalreporter.write_sep("-", "skipped")
+        for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]):
+            terminalreporter.write_line(f"{n:5d}  {reason}")

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from dadf_fast import DADF
 from dadf_fast.models.knn import KNNDetector, greedy_coreset, load_detector, nearest_distances
 from dadf_fast.cli.commands import main
-from dadf_fast.data.datasets import MVTecAD
+from dadf_fast.data import MVTecAD
 from dadf_fast.engine.evaluation import evaluate
 from dadf_fast.data.synthetic import make_dataset
 

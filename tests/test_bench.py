@@ -90,3 +90,64 @@ def test_mixed_precision_rows_and_graph_variant_on_cpu():
         assert r["note"] == "" and r["images_per_s"] > 0
     # the flow epilogue ops run in float32 under mixed precision: the C++ kernels are chosen
     assert "affine_coupling=cpp" in rows[1]["ops"]
+
+
+def _tiny_model(backend):
+    import torch
+
+    from dadf_fast import DADF
+
+    torch.manual_seed(0)
+    return DADF("lite", pretrained=False, input_size=64, depth=1, flow_steps=2, smooth_sigma=1.0,
+                backend=backend).eval()
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_timed_stages_are_predict(backend):
+    """The per-stage timing runs the model's own computation: its output is predict's, exactly."""
+    import torch
+
+    from dadf_fast.cli.bench_tasks import time_inference_stages
+
+    model = _tiny_model(backend)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ms, timed = time_inference_stages(model, x, torch.device("cpu"))
+    want = model.predict(x)
+    assert torch.equal(timed["anomaly_map"], want["anomaly_map"])
+    assert torch.equal(timed["score"], want["score"])
+    assert timed["anomaly_map"].shape == (2, 1, 64, 64)
+    assert tuple(ms) == SPLIT and all(v >= 0 for v in ms.values())
+
+
+def test_bench_times_every_stage_the_model_composes(monkeypatch):
+    """STAGE_COLUMNS names exactly the stages ``DADF.infer`` runs, in order, and each stage name
+    is the model method that runs: replacing a method shows up in what forward/predict run."""
+    import torch
+
+    from dadf_fast import DADF
+    from dadf_fast.cli.bench_tasks import STAGE_COLUMNS, time_inference_stages
+
+    assert tuple(STAGE_COLUMNS) == DADF.INFERENCE_STAGES
+    model = _tiny_model("torch")
+    x = torch.randn(1, 3, 64, 64)
+    called = []
+    for name in DADF.INFERENCE_STAGES:
+        real = getattr(model, name)
+        monkeypatch.setattr(model, name, lambda *a, _real=real, _name=name, **k: called.append(_name) or _real(*a, **k))
+    hooked = []
+    model.predict(x)
+    assert tuple(called) == DADF.INFERENCE_STAGES
+    with torch.no_grad():
+        model.infer(x, after_stage=hooked.append)
+    assert tuple(hooked) == DADF.INFERENCE_STAGES
+
+    # a model whose inference runs one more stage is refused, not timed partially
+    def extra_stage(images, smooth_sigma=None, after_stage=None):
+        out = DADF.infer(model, images, smooth_sigma, after_stage)
+        after_stage("calibrate")
+        return out
+
+    monkeypatch.setattr(model, "infer", extra_stage)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="calibrate"):
+        time_inference_stages(model, x, torch.device("cpu"))

@@ -1,4 +1,4 @@
-"""Output safety (issue #14): no command overwrites an input or an earlier run's files, output
+"""Output safety: no command overwrites an input or an earlier run's files, output
 folders are checked before any work, numeric arguments are validated, files get normal
 permissions.  Each case drives ``dadf_fast.cli.commands.main`` (or the Python API) on tiny data and
 compares the bytes and mtimes of every file involved before and after."""
@@ -100,7 +100,7 @@ def test_predict_api_refuses_to_overwrite_an_input(loaded, tmp_path):
 
 # ----------------------------------------------------------------------------- 2. colliding output names
 def test_predict_same_names_in_two_folders_get_distinct_outputs(ckpt, loaded, tmp_path, capsys):
-    from dadf_fast.data.datasets import FolderDataset
+    from dadf_fast.data import FolderDataset
 
     _write_images(tmp_path / "d1", ["same.png"], seed=1)
     _write_images(tmp_path / "d2", ["same.png"], seed=2)
@@ -423,7 +423,7 @@ def _bench_must_not_run(monkeypatch):
     def fail(*a, **k):
         raise AssertionError("the benchmark ran although an output path is unusable")
 
-    monkeypatch.setattr(bench, "_run_task", fail)
+    monkeypatch.setattr(bench, "run_task", fail)
     monkeypatch.setattr(bench, "stage_flops", fail)
 
 

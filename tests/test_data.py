@@ -1,4 +1,4 @@
-"""Datasets (dadf_fast.data.datasets) and the synthetic dataset generator (dadf_fast.data.synthetic).
+"""Datasets (dadf_fast.data) and the synthetic dataset generator (dadf_fast.data.synthetic).
 
 Tiny layouts of 32x32 images are written into tmp_path with PIL.
 """
@@ -305,8 +305,8 @@ def test_defect_masks_are_exact(defect):
         assert (diff[~mask] == 0).all()                       # nothing outside the mask changes
         assert diff[mask].min() >= syn.MIN_CONTRAST           # every masked pixel changes visibly
         assert mask.mean() >= syn.MIN_AREA_FRAC
-        t, l, b, r = box
-        assert test_box[0] <= t and test_box[1] <= l and b <= test_box[2] and r <= test_box[3]
+        top, left, bottom, right = box
+        assert test_box[0] <= top and test_box[1] <= left and bottom <= test_box[2] and right <= test_box[3]
 
 
 def test_make_dataset_layout_determinism_and_regions(tmp_path):
@@ -336,9 +336,9 @@ def test_make_dataset_layout_determinism_and_regions(tmp_path):
     meta = json.loads((cat / "SYNTHETIC.json").read_text())
     tr, te = meta["train_region"], meta["test_region"]
     assert tr[3] <= te[1] or tr[2] <= te[0]
-    for name, (t, l, b, r) in meta["crops"].items():
+    for name, (top, left, bottom, right) in meta["crops"].items():
         reg = tr if name.startswith("train") else te
-        assert reg[0] <= t < b <= reg[2] and reg[1] <= l < r <= reg[3], name
+        assert reg[0] <= top < bottom <= reg[2] and reg[1] <= left < right <= reg[3], name
 
     # it is a valid MVTec AD dataset: defect masks non-empty, good masks empty
     ds = D.MVTecAD(root, "brick", "test", image_size=64)

@@ -206,7 +206,6 @@ def test_loco_spro_at_the_input_resolution(tmp_path):
     # documented rule: the official area (full-size mask) times the pixel ratio, capped at the
     # area of the resized mask; a region that vanishes in the resize is left out
     by_value = {e["pixel_value"]: e for e in CONFIG}
-    cat = root / "box"
     for d in ("logical_anomalies", "structural_anomalies"):
         images = []
         for i, rec in enumerate(test.records):
@@ -252,7 +251,7 @@ def test_mvtec_metrics_and_maps_at_original_size(tmp_path):
     flat = np.concatenate([m.ravel() for m in full_maps])
     assert res["pixel_auroc"] == pytest.approx(
         roc_auc_score(np.concatenate([g.ravel() for g in full_masks]), flat), abs=1e-12)
-    from dadf_fast.metrics.core import aupro
+    from dadf_fast.metrics import aupro
 
     assert res["aupro"] == pytest.approx(aupro(np.stack(full_maps), np.stack(full_masks)), abs=1e-12)
     assert len(list((out / "heatmaps").rglob("*.png"))) == len(test)

@@ -1,9 +1,9 @@
-"""Tests for dadf_fast.metrics.core against independent brute-force implementations.
+"""Tests for dadf_fast.metrics against independent brute-force implementations.
 
 The brute-force references below loop over every distinct threshold, compute FPR and
 the per-region overlaps explicitly, label regions with their own flood fill (not
 scipy), and integrate by walking the curve's segments. They share no code with
-dadf_fast.metrics.core.
+dadf_fast.metrics.
 """
 from collections import deque
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from dadf_fast.metrics.core import aupro, auroc, pixel_auroc, saturation_area, saturation_thresholds, spro
+from dadf_fast.metrics import aupro, auroc, pixel_auroc, saturation_area, saturation_thresholds, spro
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 

@@ -1,5 +1,5 @@
 """Bad input to the detectors and bad checkpoint files: every case raises one line that names
-the argument or the file (issue #14), and nothing returns NaN silently."""
+the argument or the file, and nothing returns NaN silently."""
 import math
 import os
 import zipfile
@@ -108,7 +108,7 @@ def test_predict_accepts_any_float_dtype(model, knn):
 
 
 @pytest.mark.parametrize("images,exc,needle", [
-    (torch.zeros(1, 3, S, S, dtype=torch.uint8), TypeError, "dadf_fast.data.datasets.normalize"),
+    (torch.zeros(1, 3, S, S, dtype=torch.uint8), TypeError, "dadf_fast.data.normalize"),
     (torch.zeros(1, 3, S, S, dtype=torch.int64), TypeError, "images must be a floating-point tensor"),
     (torch.randn(1, 4, S, S), ValueError, "images must have 3 (RGB) channels, got 4"),
     (torch.randn(2, 1, 3, S, S), ValueError, "images must be 4-D"),

@@ -4,7 +4,6 @@ import math
 import pytest
 import torch
 
-from dadf_fast import reference
 from dadf_fast.nn import AllInOneCoupling, DualAttention, DualBlock, FlowStage, Reconstructor, coupling_subnet
 
 FrEIA_modules = pytest.importorskip("FrEIA.modules")

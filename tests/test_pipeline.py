@@ -9,7 +9,7 @@ import torch
 
 from dadf_fast import DADF
 from dadf_fast.cli.commands import main
-from dadf_fast.data.datasets import MVTecAD
+from dadf_fast.data import MVTecAD
 from dadf_fast.engine.evaluation import evaluate
 from dadf_fast.data.synthetic import make_dataset
 from dadf_fast.models.training import TrainingDiverged
@@ -165,7 +165,7 @@ def _loco_from_mvtec(mvtec_root, dst):
 
 def test_evaluate_mvtec_loco_reports_spro(tiny_root, tmp_path):
     from dadf_fast import metrics
-    from dadf_fast.data.datasets import MVTecLOCO
+    from dadf_fast.data import MVTecLOCO
 
     root = _loco_from_mvtec(tiny_root, tmp_path / "loco")
     test = MVTecLOCO(root, "brick", "test", image_size=64)

@@ -3,7 +3,8 @@ one-line usage error (exit code 2) naming the option."""
 from __future__ import annotations
 
 import argparse
-import math
+
+from dadf_fast.utils.checks import check_number
 
 
 def _int_at_least(low: int, high: int | None = None):
@@ -38,11 +39,9 @@ def input_size(text: str) -> int:
 
 
 def sigma(text: str) -> float:
-    """A Gaussian sigma in pixels: a finite number >= 0 (0: no smoothing)."""
+    """A Gaussian sigma in pixels: a finite number >= 0 (0: no smoothing), the rule the models
+    apply to ``smooth_sigma``."""
     try:
-        value = float(text)
+        return check_number("--sigma", "sigma", float(text), nonnegative=True)
     except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}") from None

@@ -7,14 +7,14 @@ import json
 import os
 import sys
 
+from dadf_fast.cli.argtypes import input_size, nonnegative_int, positive_int, seed_int, sigma
+
 EXPECTED_ERRORS = (ValueError, FileNotFoundError, FileExistsError, TypeError, KeyError, RuntimeError, OSError)
 
 
 class UserError(Exception):
     """An error in what the user asked for: printed as one line, exit code 2."""
 
-
-from dadf_fast.cli.argtypes import input_size, nonnegative_int, positive_int, seed_int, sigma
 
 
 OUT_RULE = ("must be a new or empty folder unless --overwrite; outputs never replace an input file, "
@@ -152,7 +152,7 @@ def _dataset_files(dataset) -> list:
 def cmd_train(args):
     import torch
 
-    from dadf_fast import DADF
+    from dadf_fast.models import DADF
 
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite contradict each other: continue the run in --out, or start anew")
@@ -212,7 +212,7 @@ def cmd_test(args):
 
 
 def cmd_predict(args):
-    from dadf_fast.data.datasets import IMAGE_EXTENSIONS, list_images
+    from dadf_fast.data import IMAGE_EXTENSIONS, list_images
     from dadf_fast.engine.evaluation import predict_files
 
     paths = []

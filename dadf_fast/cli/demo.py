@@ -38,9 +38,9 @@ def run_demo(out: str = "runs/demo", categories=None, seed: int = 0, device: str
 
 
 def _run(out, categories, seed, device, backend, progress, epochs_recon, epochs_flow, log, dtype, overwrite) -> dict:
-    from dadf_fast import DADF
+    from dadf_fast.models import DADF
     from dadf_fast.utils.io import atomic_write_text
-    from dadf_fast.data.datasets import MVTecAD
+    from dadf_fast.data import MVTecAD
     from dadf_fast.engine.evaluation import evaluate, format_table, public
     from dadf_fast.data.synthetic import make_dataset
 

@@ -10,7 +10,7 @@ import torch
 
 from dadf_fast import metrics
 from dadf_fast.utils.io import atomic_write_text
-from dadf_fast.data.datasets import collate, denormalize, load_rgb
+from dadf_fast.data import collate, denormalize, load_image
 
 
 @torch.no_grad()
@@ -294,14 +294,11 @@ def predict_files(model, paths, batch_size: int = 8, out_dir: str | None = None,
     import contextlib
 
     from dadf_fast.utils.io import check_not_input, prepare_output_dir, protect_inputs, unique_output_stems
-    from dadf_fast.data.datasets import IMAGENET_MEAN, IMAGENET_STD
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     paths = [os.fspath(p) for p in paths]
     s = model.input_size
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     out = []
     with contextlib.ExitStack() as stack:
         targets = []
@@ -314,12 +311,7 @@ def predict_files(model, paths, batch_size: int = 8, out_dir: str | None = None,
                 check_not_input(t)
         for start in range(0, len(paths), batch_size):
             chunk = paths[start:start + batch_size]
-            imgs = []
-            for p in chunk:
-                img = load_rgb(p).resize((s, s), resample=2)  # bilinear
-                t = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
-                imgs.append((t - mean) / std)
-            batch = torch.stack(imgs)
+            batch = torch.stack([load_image(p, s) for p in chunk])
             amap, score = score_images(model, batch, batch_size, smooth_sigma)
             for i, p in enumerate(chunk):
                 out.append({"path": str(p), "score": float(score[i])})

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import math
 import numbers
 import os
 
@@ -17,7 +16,14 @@ from dadf_fast.utils.io import atomic_torch_save
 from dadf_fast.nn import FLOW_NORMS, FlowStage, Reconstructor, reconstruction_loss
 from dadf_fast.models.backbone import Backbone
 from dadf_fast.models.checkpoint import CheckpointError, first_nonfinite, read_checkpoint_file, state_dict_mismatch
-from dadf_fast.models.inputs import check_finite_output, check_images, check_sigma, stack_train_images
+from dadf_fast.models.inputs import (
+    check_finite_output,
+    check_images,
+    check_input_size,
+    check_predict_batch,
+    model_input,
+)
+from dadf_fast.utils.checks import check_number
 from dadf_fast.models.postprocess import gaussian_smooth
 from dadf_fast.models.presets import PATCH_SIZES, PRESETS
 
@@ -46,6 +52,10 @@ def _check_backend(backend) -> str:
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return backend
+
+
+def _no_op(stage: str) -> None:
+    pass
 
 
 def _is_int(value) -> bool:
@@ -88,7 +98,12 @@ class DADF(nn.Module):
     all three) and an optional Gaussian smoothing ``smooth_sigma`` of the map before the max
     (see docs/accuracy.md for why the lite preset scores strides 8/16 with sigma 4).
     Only the scored flows are trained in stage 2.
+
+    Inference is the composition of :data:`INFERENCE_STAGES`, each a method
+    (:meth:`features`, :meth:`reconstruct`, :meth:`latents`, :meth:`score`; see :meth:`infer`).
     """
+
+    INFERENCE_STAGES = ("features", "reconstruct", "latents", "score")
 
     def __init__(self, preset: str = "lite", backbone: str | None = None, pretrained: bool = True,
                  input_size: int = 256, embed_dim: int | None = None, depth: int | None = None,
@@ -104,15 +119,12 @@ class DADF(nn.Module):
             if val is not None:
                 cfg[key] = val
         # the stride-4 map (input_size/4) is cut into 4x4 patches: input_size must be a multiple of 16
-        if not _is_int(input_size) or input_size < 32 or input_size % 16:
-            raise ValueError(f"input_size must be an int >= 32 and a multiple of 16, got {input_size!r}")
-        input_size = int(input_size)
+        input_size = check_input_size(input_size)
         for key in ("embed_dim", "depth", "num_heads", "flow_steps"):
             if not _is_int(cfg[key]) or cfg[key] < 1:
                 raise ValueError(f"{key} must be a positive int, got {cfg[key]!r}")
             cfg[key] = int(cfg[key])
-        if isinstance(clamp, bool) or not isinstance(clamp, numbers.Real) or not (math.isfinite(clamp) and clamp > 0):
-            raise ValueError(f"clamp must be a finite number > 0, got {clamp!r}")
+        clamp = check_number("DADF", "clamp", clamp, positive=True)
         _check_backend(backend)
         if (3 * cfg["embed_dim"]) % cfg["num_heads"]:
             raise ValueError(f"3*embed_dim ({3 * cfg['embed_dim']}) must be divisible by num_heads ({cfg['num_heads']})")
@@ -130,7 +142,8 @@ class DADF(nn.Module):
                 or len(set(score_scales)) != len(score_scales)):
             raise ValueError(f"score_scales must be distinct scale indices from (0, 1, 2), got {score_scales!r}")
         score_scales = [int(s) for s in score_scales]
-        smooth_sigma = check_sigma(preset_sigma if smooth_sigma is None else smooth_sigma, "smooth_sigma")
+        smooth_sigma = check_number("DADF", "smooth_sigma", preset_sigma if smooth_sigma is None else smooth_sigma,
+                                    nonnegative=True)
         self.config = dict(preset=preset, input_size=input_size, clamp=float(clamp), score_scales=sorted(score_scales),
                            smooth_sigma=smooth_sigma, dtype=_DTYPE_NAMES[compute_dtype], **cfg)
         self.compute_dtype = compute_dtype
@@ -180,53 +193,93 @@ class DADF(nn.Module):
         model casts it to its weights' dtype)."""
         check_images(images, self.input_size, name)
 
-    def _as_model_input(self, images):
-        """``images`` cast to the dtype of the weights (float64/float16 inputs would otherwise
-        fail inside the first convolution); mixed precision is autocast's job, not the input's."""
-        param = next(self.backbone.parameters())
-        if images.device != param.device:
-            raise ValueError(f"images are on {images.device} but the model is on {param.device}; "
-                             f"move them first (images.to({str(param.device)!r}))")
-        return images if images.dtype == param.dtype else images.to(param.dtype)
-
     def features(self, images):
-        """Frozen backbone features, a list of contiguous ``[B, C_s, S/4^.., ..]`` maps.
+        """Inference stage 1, the frozen backbone: a list of contiguous feature maps
+        ``[B, C_s, S/s, S/s]`` for strides s = 4, 8, 16.
 
         Fast path (any backend but ``"torch"``, on CPU): the backbone runs on a channels-last
-        copy of the images (oneDNN's convolutions, the depthwise ones above all, are much
-        faster in that layout: 185 vs 320 ms for lite at batch 8 on a 2-core CPU); the maps
-        equal the reference's to float rounding and are returned contiguous (NCHW).
+        copy of the images, because oneDNN's convolutions (the depthwise ones above all) are
+        much faster in that layout; the maps equal the reference's to float rounding and are
+        returned contiguous (NCHW).
         """
         if self.backend != "torch" and images.device.type == "cpu":
             feats = self.backbone(images.contiguous(memory_format=torch.channels_last))
             return [f.contiguous() for f in feats]
         return self.backbone(images)
 
+    def reconstruct(self, feats):
+        """Inference stage 2, the dual-attention transformer: ``(local, glob)``, the local and
+        global reconstructions of every scale, each a list shaped like ``feats``."""
+        return self.reconstructor(feats)
+
     def flow_inputs(self, feats, local, glob):
+        """``cat(F, R_l, R_g)`` along channels per scale: a list of ``[B, 3 C_s, h_s, w_s]``."""
         return [torch.cat((f, rl, rg), dim=1) for f, rl, rg in zip(feats, local, glob)]
+
+    def latents(self, feats, local, glob):
+        """Inference stage 3, the flows of the scored scales: a list of ``z [B, 3 C_s, h_s, w_s]``
+        (one per entry of ``score_scales``).  Scoring needs only z, so no log-det is computed
+        (the C++ coupling then skips its reduction), and only the scored scales' inputs are built."""
+        return [self.flows[s](self.flow_inputs(feats[s:s + 1], local[s:s + 1], glob[s:s + 1])[0],
+                              compute_logdet=False)[0]
+                for s in self.config["score_scales"]]
+
+    def score(self, zs, smooth_sigma=None):
+        """Inference stage 4: ``{"anomaly_map": [B, 1, S, S], "score": [B]}`` from the latents
+        of :meth:`latents`, in float32 under any ``dtype``; ``smooth_sigma`` (checked by the
+        caller) overrides the configured smoothing."""
+        with autocast_off(zs[0].device):
+            amap, score = ops.multiscale_score(zs, self.input_size,
+                                               backend=ops.module_backend("multiscale_score", self.backend))
+            sigma = self.config["smooth_sigma"] if smooth_sigma is None else smooth_sigma
+            if sigma:
+                amap = gaussian_smooth(amap, sigma)
+                score = amap.flatten(1).amax(1)
+        return {"anomaly_map": amap, "score": score}
+
+    def infer(self, images, smooth_sigma=None, after_stage=None):
+        """The inference computation on checked model-ready ``images [B, 3, S, S]``: the
+        composition of :data:`INFERENCE_STAGES` (``features`` -> ``reconstruct`` -> ``latents``
+        -> ``score``), returning :meth:`score`'s dict.  No checks, no autocast, no grad mode:
+        :meth:`forward` / :meth:`predict` add those.
+
+        ``after_stage(name)`` is called after each stage with the stage's name (the benchmark
+        synchronises the device and reads the clock there), so whoever times the stages times
+        exactly this computation.
+        """
+        done = after_stage if after_stage is not None else _no_op
+        feats = self.features(images)
+        done("features")
+        local, glob = self.reconstruct(feats)
+        done("reconstruct")
+        zs = self.latents(feats, local, glob)
+        done("latents")
+        out = self.score(zs, smooth_sigma)
+        done("score")
+        return out
 
     # ------------------------------------------------------------------ forward
     def forward(self, images, stage: int | None = None, smooth_sigma: float | None = None):
         self.check_images(images)
         if smooth_sigma is not None:
-            smooth_sigma = check_sigma(smooth_sigma, "smooth_sigma")
-        images = self._as_model_input(images)
+            smooth_sigma = check_number("DADF", "smooth_sigma", smooth_sigma, nonnegative=True)
+        images = model_input(images, self.backbone)
         with self.autocast(images.device.type):
             return self._forward(images, stage, smooth_sigma)
 
     def _forward(self, images, stage, smooth_sigma):
-        feats = self.features(images)
         if not self.training:
-            return self._infer(feats, smooth_sigma)
+            return self.infer(images, smooth_sigma)
         if stage not in (None, 1, 2):
             raise ValueError(f"stage must be 1, 2 or None, got {stage!r}")
+        feats = self.features(images)
         out = {}
         if stage in (None, 1):
-            local, glob = self.reconstructor(feats)
+            local, glob = self.reconstruct(feats)
             out["loss_recon"] = reconstruction_loss(feats, local, glob)
         if stage in (None, 2):
             with torch.no_grad():
-                local, glob = self.reconstructor(feats)
+                local, glob = self.reconstruct(feats)
             out["loss_flow"] = self.flow_loss(self.flow_inputs(feats, local, glob))
         out["loss"] = sum(out.values())
         return out
@@ -242,21 +295,6 @@ class DADF(nn.Module):
             total = total + ops.flow_nll(z, logdet, backend=ops.module_backend("flow_nll", self.backend))
         return total.mean()
 
-    def _infer(self, feats, smooth_sigma=None):
-        local, glob = self.reconstructor(feats)
-        # flow inputs of the scored scales only; scoring needs only z: no log-det (the cpp
-        # coupling then skips its reduction)
-        zs = [self.flows[s](self.flow_inputs(feats[s:s + 1], local[s:s + 1], glob[s:s + 1])[0], compute_logdet=False)[0]
-              for s in self.config["score_scales"]]
-        with autocast_off(zs[0].device):  # maps and scores in float32 under any dtype
-            amap, score = ops.multiscale_score(zs, self.input_size,
-                                               backend=ops.module_backend("multiscale_score", self.backend))
-            sigma = self.config["smooth_sigma"] if smooth_sigma is None else smooth_sigma
-            if sigma:
-                amap = gaussian_smooth(amap, sigma)
-                score = amap.flatten(1).amax(1)
-        return {"anomaly_map": amap, "score": score}
-
     @torch.no_grad()
     def predict(self, images, batch_size: int | None = None, smooth_sigma: float | None = None):
         """Anomaly maps and scores for ``images [B, 3, S, S]`` (any floating dtype, on the
@@ -266,13 +304,9 @@ class DADF(nn.Module):
         Returns ``{"anomaly_map": [B, 1, S, S], "score": [B]}``; raises
         :class:`~dadf_fast.models.inputs.NonFiniteOutputError` rather than return NaN or Inf.
         """
-        self.check_images(images)
-        if images.shape[0] == 0:
-            raise ValueError(f"images is an empty batch (shape {tuple(images.shape)}): nothing to predict")
-        if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
-            raise ValueError(f"batch_size must be None or a positive int, got {batch_size!r}")
+        check_predict_batch(images, self.input_size, batch_size)
         if smooth_sigma is not None:
-            smooth_sigma = check_sigma(smooth_sigma, "smooth_sigma")
+            smooth_sigma = check_number("DADF", "smooth_sigma", smooth_sigma, nonnegative=True)
         was_training = self.training
         self.eval()
         try:
@@ -285,17 +319,12 @@ class DADF(nn.Module):
         return out
 
     def fit(self, train_data, **kwargs) -> dict:
-        """Two-stage training; see :func:`dadf_fast.models.training.fit` for the arguments.
+        """Two-stage training; see :func:`dadf_fast.models.training.fit` for the arguments
+        (it checks ``train_data``, a tensor ``[N, 3, S, S]`` or a dataset of such images,
+        before anything runs)."""
+        from dadf_fast.models.training import fit  # training imports this module
 
-        ``train_data`` (a tensor ``[N, 3, S, S]`` or a dataset of such images) is checked
-        here first: an empty set, a wrong shape or dtype or NaN/Inf values raise a one-line
-        error naming it, instead of surfacing later as a NaN loss.
-        """
-        from dadf_fast.models.training import fit  # the training loop lives in the pipeline layer above
-
-        images = stack_train_images(train_data, self.input_size, "train_data")
-        # the training loop feeds the backbone directly: cast here, as forward does
-        return fit(self, images.to(next(self.backbone.parameters()).dtype), **kwargs)
+        return fit(self, train_data, **kwargs)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path, extra: dict | None = None) -> None:

@@ -1,6 +1,6 @@
 """Fixed-batch inference replayed from a CUDA graph.
 
-At the lite preset a GPU inference is ~100 small kernels (backbone blocks, attention, eight
+At the lite preset a GPU inference is many small kernels (backbone blocks, attention, eight
 coupling steps per scale, scoring); at small batch their launch latency, not their work,
 bounds throughput.  A CUDA graph records the launches once and replays them with one call.
 The alternative, ``torch.compile(mode="reduce-overhead")``, also uses CUDA graphs but must

@@ -1,17 +1,16 @@
-"""Validation of what users hand the detectors: image batches, training data, sigmas.
+"""Validation of what users hand the detectors: image batches, training data, sizes.
 
 Every check raises one line naming the argument and what was expected (the CLI prints
 these messages as they are).
 """
 from __future__ import annotations
 
-import math
 import numbers
 
 import torch
 
 NORMALISE_HINT = ("scale to [0, 1] and ImageNet-normalise them first, e.g. "
-                  "dadf_fast.data.datasets.normalize(images.float() / 255)")
+                  "dadf_fast.data.normalize(images.float() / 255)")
 
 
 def check_images(images, size: int, name: str = "images") -> None:
@@ -81,14 +80,34 @@ def stack_train_images(data, size: int, name: str = "train_data") -> torch.Tenso
     return torch.stack(imgs)
 
 
-def check_sigma(value, name: str = "smooth_sigma") -> float:
-    """``value`` as a float, raising unless it is a finite real number >= 0."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a finite number >= 0, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0 (0: no smoothing), got {value}")
-    return value
+def check_input_size(value) -> int:
+    """``value`` as an int; raises unless it is an int >= 32 and a multiple of 16 (the stride-16
+    map must be at least 2x2, and the stride-4 map is cut into 4x4 patches)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 32 or value % 16:
+        raise ValueError(f"input_size must be an int >= 32 and a multiple of 16, got {value!r}")
+    return int(value)
+
+
+def check_predict_batch(images, size: int, batch_size) -> None:
+    """The checks of a detector's ``predict``: ``images`` as :func:`check_images`, not empty,
+    and ``batch_size`` None or a positive int."""
+    check_images(images, size)
+    if images.shape[0] == 0:
+        raise ValueError(f"images is an empty batch (shape {tuple(images.shape)}): nothing to predict")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
+                                   or batch_size < 1):
+        raise ValueError(f"batch_size must be None or a positive int, got {batch_size!r}")
+
+
+def model_input(images: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:
+    """``images`` cast to the dtype of ``module``'s weights (float64/float16 inputs would
+    otherwise fail inside the first convolution; mixed precision is autocast's job, not the
+    input's); raises when they are on another device than the weights."""
+    param = next(module.parameters())
+    if images.device != param.device:
+        raise ValueError(f"images are on {images.device} but the model is on {param.device}; "
+                         f"move them first (images.to({str(param.device)!r}))")
+    return images if images.dtype == param.dtype else images.to(param.dtype)
 
 
 class NonFiniteOutputError(RuntimeError):

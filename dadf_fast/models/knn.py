@@ -32,7 +32,15 @@ from dadf_fast.models.backbone import Backbone
 from dadf_fast.models.checkpoint import CheckpointError, first_nonfinite, read_checkpoint_file, state_dict_mismatch
 from dadf_fast.models.dadf import CHECKPOINT_FORMAT as DADF_FORMAT
 from dadf_fast.models.dadf import DADF
-from dadf_fast.models.inputs import check_finite_output, check_images, check_sigma, stack_train_images
+from dadf_fast.models.inputs import (
+    check_finite_output,
+    check_images,
+    check_input_size,
+    check_predict_batch,
+    model_input,
+    stack_train_images,
+)
+from dadf_fast.utils.checks import check_number
 from dadf_fast.models.postprocess import gaussian_smooth
 
 KNN_FORMAT = "dadf-fast-knn"
@@ -116,13 +124,12 @@ class KNNDetector(nn.Module):
                  coreset_ratio: float = 1.0, smooth_sigma: float = 4.0, seed: int = 0,
                  backbone_weights: str | None = None):
         super().__init__()
-        if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 32 or input_size % 16:
-            raise ValueError(f"input_size must be an int >= 32 and a multiple of 16, got {input_size!r}")
+        input_size = check_input_size(input_size)
         if isinstance(coreset_ratio, bool) or not isinstance(coreset_ratio, (int, float)) \
                 or not 0.0 < float(coreset_ratio) <= 1.0:
             raise ValueError(f"coreset_ratio must be a number in (0, 1], got {coreset_ratio!r}")
         coreset_ratio = float(coreset_ratio)
-        smooth_sigma = check_sigma(smooth_sigma, "smooth_sigma")
+        smooth_sigma = check_number("KNNDetector", "smooth_sigma", smooth_sigma, nonnegative=True)
         self.config = dict(backbone=backbone, input_size=input_size, coreset_ratio=coreset_ratio,
                            smooth_sigma=smooth_sigma, seed=int(seed), pretrained=bool(pretrained))
         self.backbone = Backbone(backbone, pretrained=pretrained, weights=backbone_weights)
@@ -143,13 +150,6 @@ class KNNDetector(nn.Module):
         """Raise a one-line error (naming ``name``) unless ``images`` is a finite
         floating-point ``[B, 3, S, S]`` batch (any float dtype: it is cast to the backbone's)."""
         check_images(images, self.input_size, name)
-
-    def _as_model_input(self, images):
-        param = next(self.backbone.parameters())
-        if images.device != param.device:
-            raise ValueError(f"images are on {images.device} but the model is on {param.device}; "
-                             f"move them first (images.to({str(param.device)!r}))")
-        return images if images.dtype == param.dtype else images.to(param.dtype)
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -172,8 +172,8 @@ class KNNDetector(nn.Module):
     def forward(self, images, smooth_sigma: float | None = None):
         self.check_images(images)
         if smooth_sigma is not None:
-            smooth_sigma = check_sigma(smooth_sigma, "smooth_sigma")
-        dist = self.patch_scores(self._as_model_input(images))[:, None]
+            smooth_sigma = check_number("KNNDetector", "smooth_sigma", smooth_sigma, nonnegative=True)
+        dist = self.patch_scores(model_input(images, self.backbone))[:, None]
         amap = F.interpolate(dist, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
         sigma = self.config["smooth_sigma"] if smooth_sigma is None else smooth_sigma
         if sigma:
@@ -185,12 +185,7 @@ class KNNDetector(nn.Module):
         """Anomaly maps and scores for ``images [B, 3, S, S]``; ``smooth_sigma`` overrides the
         configured smoothing.  Returns ``{"anomaly_map": [B, 1, S, S], "score": [B]}``; raises
         rather than return NaN or Inf."""
-        self.check_images(images)
-        if images.shape[0] == 0:
-            raise ValueError(f"images is an empty batch (shape {tuple(images.shape)}): nothing to predict")
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
-                                       or batch_size < 1):
-            raise ValueError(f"batch_size must be None or a positive int, got {batch_size!r}")
+        check_predict_batch(images, self.input_size, batch_size)
         if self.memory.shape[0] == 0:
             raise RuntimeError("KNNDetector has an empty memory bank: call fit() (or load a fitted model) first")
         chunks = [images] if batch_size is None else torch.split(images, batch_size)
@@ -237,7 +232,7 @@ class KNNDetector(nn.Module):
             chunks = tqdm(chunks, desc="knn features", leave=False, dynamic_ncols=True)
         embs = []
         for chunk in chunks:
-            e = self.embed(self._as_model_input(chunk.to(device)))
+            e = self.embed(model_input(chunk.to(device), self.backbone))
             embs.append(e.permute(0, 2, 3, 1).reshape(-1, e.shape[1]))
         bank = torch.cat(embs)
         seconds = {"features": time.perf_counter() - t0}

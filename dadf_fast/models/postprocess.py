@@ -4,13 +4,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dadf_fast.models.inputs import check_sigma
+from dadf_fast.utils.checks import check_number
 
 
 def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     """Gaussian blur of ``[B, 1, H, W]`` maps (separable, truncated at 4 sigma, reflect padding);
     ``sigma`` must be a finite number >= 0 (0: the maps unchanged)."""
-    sigma = check_sigma(sigma, "sigma")
+    sigma = check_number("gaussian_smooth", "sigma", sigma, nonnegative=True)
     if not sigma:
         return maps
     radius = int(4 * sigma + 0.5)

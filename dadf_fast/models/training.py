@@ -2,8 +2,8 @@
 
 The backbone is frozen, so its features of the (few) training images are computed once and
 cached; stage 2 also caches the flow inputs ``cat(F, R_l, R_g)`` once the transformer is
-frozen.  A training step then costs only the trainable part, which on a 2-core CPU is the
-difference between minutes and an hour.  Caching is exact: the frozen parts are
+frozen.  A training step then costs only the trainable part (the frozen backbone is most
+of a forward pass).  Caching is exact: the frozen parts are
 deterministic in eval mode.
 """
 from __future__ import annotations
@@ -190,12 +190,14 @@ def fit(model, train_data, config: FitConfig | None = None, out_dir: str | None 
     if resume and overwrite:
         raise ValueError("resume=True and overwrite=True contradict each other: continue the run in out_dir, "
                          "or start a new one over it")
+    # checked once, here, before an output folder is touched
+    images = stack_train_images(train_data, model.input_size, "train_data")
     if not out_dir:
-        return _fit(model, train_data, config, None, False, False, device, progress, log)
+        return _fit(model, images, config, None, False, False, device, progress, log)
     from dadf_fast.utils.io import prepare_output_dir
 
     with prepare_output_dir(out_dir, overwrite=overwrite, resume=resume, what="out_dir"):
-        return _fit(model, train_data, config, os.fspath(out_dir), resume, overwrite, device, progress, log)
+        return _fit(model, images, config, os.fspath(out_dir), resume, overwrite, device, progress, log)
 
 
 CHECKPOINT_NAMES = ("stage1.pt", "model.pt")
@@ -243,7 +245,7 @@ def _check_same_run(payload: dict, path: str, model, run: dict) -> None:
                          "resume with the same settings, or start a new run with overwrite")
 
 
-def _fit(model, train_data, cfg: FitConfig, out_dir, resume: bool, overwrite: bool, device, progress, log) -> dict:
+def _fit(model, images, cfg: FitConfig, out_dir, resume: bool, overwrite: bool, device, progress, log) -> dict:
     log = log or (lambda *a, **k: None)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
@@ -254,7 +256,6 @@ def _fit(model, train_data, cfg: FitConfig, out_dir, resume: bool, overwrite: bo
     run = {"id": uuid.uuid4().hex, "fit_config": dataclasses.asdict(cfg), "data_sha256": None}
     result = {"loss_recon": [], "loss_flow": [], "seconds": {}, "resumed_from": None, "run_id": run["id"]}
 
-    images = stack_train_images(train_data, model.input_size, "train_data")
     images = images.to(next(model.backbone.parameters()).dtype)
     if out_dir:
         run["data_sha256"] = _data_digest(images)

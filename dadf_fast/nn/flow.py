@@ -10,10 +10,10 @@ import torch.nn.functional as F
 
 from dadf_fast import ops
 from dadf_fast.kernels.registry import SOFT_PERMUTATION_REASON, BackendUnavailable
+from dadf_fast.reference import affine_coupling as reference_coupling
 
 # FrEIA's SOFTPLUS global affine: g = 0.1 * softplus_{beta=0.5}(raw), raw initialised so g = 1.
 _GLOBAL_SCALE_INIT = 2.0 * math.log(math.exp(0.5 * 10.0 * 1.0) - 1.0)
-
 
 
 class DepthwiseConv2d(nn.Conv2d):
@@ -137,22 +137,17 @@ class AllInOneCoupling(nn.Module):
                                    compute_logdet=compute_logdet)
 
     def _dense_forward(self, x, g, b, rev):
-        """FrEIA's computation with an arbitrary (soft) channel mixing matrix."""
-        c1, c2 = self.splits
-        w = self.w_perm.to(x.dtype)
-        w_inv = self.w_perm_inv.to(x.dtype)
-        g4, b4 = g.view(1, -1, 1, 1), b.view(1, -1, 1, 1)
-        n_pixels = x.shape[2] * x.shape[3]
-        if rev:
-            x = (F.conv2d(x, w_inv) - b4) / g4
-        x1, x2 = x[:, :c1], x[:, c1:]
-        a = 0.1 * self.subnet(x1)
-        s = self.clamp * torch.tanh(a[:, :c2])
+        """FrEIA's computation with an arbitrary (soft) channel-mixing matrix ``w_perm``: the
+        reference coupling with the identity permutation, then the mixing as FrEIA's dense 1x1
+        convolution (reverse: the inverse mixing first, then the reference's inverse)."""
+        identity = torch.arange(self.channels, device=x.device)
+        c1 = self.splits[0]
         if not rev:
-            u = torch.cat((x1, x2 * torch.exp(s) + a[:, c2:]), dim=1)
-            return F.conv2d(u * g4 + b4, w), s.sum(dim=(1, 2, 3)) + n_pixels * torch.log(g).sum()
-        u = torch.cat((x1, (x2 - a[:, c2:]) * torch.exp(-s)), dim=1)
-        return u, -s.sum(dim=(1, 2, 3)) - n_pixels * torch.log(g).sum()
+            u, logdet = reference_coupling(x, self.subnet(x[:, :c1]), g, b, identity, clamp=self.clamp, a_scale=0.1)
+            return F.conv2d(u, self.w_perm.to(x.dtype)), logdet
+        v = F.conv2d(x, self.w_perm_inv.to(x.dtype))
+        x1 = (v[:, :c1] - b[:c1, None, None]) / g[:c1, None, None]
+        return reference_coupling(v, self.subnet(x1), g, b, identity, clamp=self.clamp, a_scale=0.1, reverse=True)
 
 
 class ChannelLayerNorm(nn.Module):

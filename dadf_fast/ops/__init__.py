@@ -1,7 +1,8 @@
 """Public functional ops: input validation and backend dispatch.
 
 Every op takes ``backend="auto" | "torch" | "triton" | "cpp"`` and computes the function of
-its reference in :mod:`dadf_fast.reference`.  See :func:`dadf_fast.backends`.
+its reference in :mod:`dadf_fast.reference`.  Which backend can run which call is declared
+by the backends themselves (:mod:`dadf_fast.kernels`); see :func:`dadf_fast.backends`.
 """
 from dadf_fast.ops import affine_coupling as _ac
 from dadf_fast.ops import dual_attention as _da
@@ -14,6 +15,13 @@ from dadf_fast.ops.multiscale_score import multiscale_score
 
 OPS = (_da.OP, _ac.OP, _fn.OP, _ms.OP)
 _BY_NAME = {op.name: op for op in OPS}
+
+
+def _op(op_name: str):
+    try:
+        return _BY_NAME[op_name]
+    except (KeyError, TypeError):
+        raise ValueError(f"op must be one of {tuple(_BY_NAME)}, got {op_name!r}") from None
 
 
 def clear_backend_cache() -> None:
@@ -29,16 +37,19 @@ def module_backend(op_name: str, backend: str) -> str:
     (e.g. ``dual_attention`` under ``"cpp"``, ``flow_nll`` under ``"triton"``) runs on
     ``"auto"`` instead, while an op it does implement must run on it (or raise).
     """
-    op = _BY_NAME[op_name]
+    op = _op(op_name)
     return backend if backend in ("auto", "torch") or backend in op.backends else "auto"
 
 
-def selected_backend(op_name: str, backend: str, device, dtype) -> str:
-    """The backend name ``backend`` resolves to for op ``op_name`` on such tensors."""
-    import torch
+def selected_backend(op_name: str, backend: str, device, dtype, **sizes) -> str:
+    """The backend name ``backend`` resolves to for op ``op_name`` on ``device``/``dtype``
+    tensors; raises :class:`dadf_fast.BackendUnavailable` (with the reasons) when it cannot run.
 
-    op = _BY_NAME[op_name]
-    return op.select(backend, torch.device(device), dtype)[0]
+    ``sizes`` are the attributes the backends' limits read, e.g. ``head_dim=180`` for
+    ``dual_attention``; without them the answer holds for inputs within every size limit.
+    """
+    return _op(op_name).select(backend, device, dtype, **sizes).backend
 
 
-__all__ = ["dual_attention", "affine_coupling", "flow_nll", "multiscale_score", "OPS", "selected_backend", "module_backend", "clear_backend_cache"]
+__all__ = ["dual_attention", "affine_coupling", "flow_nll", "multiscale_score", "OPS", "selected_backend",
+           "module_backend", "clear_backend_cache"]

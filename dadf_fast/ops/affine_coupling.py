@@ -3,29 +3,11 @@ from __future__ import annotations
 
 import torch
 
-from dadf_fast import reference
-from dadf_fast.ops._dispatch import Op, autocast_off, check_flag, check_float, check_number, check_same, lazy
+from dadf_fast.ops._checks import check_flag, check_float, check_number, check_same
+from dadf_fast.ops._dispatch import Op
+from dadf_fast.utils.precision import autocast_off
 
-
-def _dtype_reasons(backend, device_type, dtype):
-    if backend == "triton" and device_type == "cpu" and dtype == torch.bfloat16:
-        return "the Triton interpreter has no bfloat16"
-    if backend == "triton" and dtype == torch.float64:
-        return "the Triton coupling kernel computes in float32 (float16/bfloat16/float32 only), not float64"
-    if backend == "cpp" and device_type == "cpu" and dtype not in (torch.float32, torch.float64):
-        return f"the C++ CPU kernels support float32 and float64, not {dtype}"
-    return None
-
-
-OP = Op(
-    name="affine_coupling",
-    backends={
-        "torch": lambda: reference.affine_coupling,
-        "triton": lazy("dadf_fast.kernels.triton.affine_coupling", "affine_coupling_triton", "the Triton coupling kernel"),
-        "cpp": lazy("dadf_fast.kernels.cpp.ops", "affine_coupling", "the C++ coupling op"),
-    },
-    dtype_reasons=_dtype_reasons,
-)
+OP = Op("affine_coupling")
 
 
 def as_permutation(perm, channels: int, device: torch.device) -> torch.Tensor:
@@ -79,8 +61,8 @@ def affine_coupling(x, a, g, b, perm, clamp=2.0, a_scale=0.1, reverse=False, bac
         clamp: finite number > 0.  a_scale: finite number.  reverse: bool.
         backend: ``"auto"``, ``"torch"``, ``"triton"`` or ``"cpp"``.
         compute_logdet: when False (inference: scoring needs only ``y``) the log-det is not
-            returned (``None``); the cpp backend then skips its reduction, the torch and
-            triton backends compute it and drop it.
+            returned (``None``); a backend declaring the ``compute_logdet`` option (cpp)
+            then skips its reduction, the others compute it and drop it.
     Returns:
         ``(y [B, C, H, W], logdet [B])``, or ``(y, None)`` with ``compute_logdet=False``.
     """
@@ -110,11 +92,12 @@ def affine_coupling(x, a, g, b, perm, clamp=2.0, a_scale=0.1, reverse=False, bac
     a_scale = check_number("affine_coupling", "a_scale", a_scale)
     check_flag("affine_coupling", "reverse", reverse)
     check_flag("affine_coupling", "compute_logdet", compute_logdet)
-    name, impl = OP.select(backend, x.device, x.dtype)
+    # perm is an index vector here: the gather kernels' permutation
+    _, impl, options = OP.select(backend, x.device, x.dtype, permutation="hard")
     with autocast_off(x.device):
         if compute_logdet:
             return impl(x, a, g, b, perm, clamp, a_scale, reverse)
-        if name == "cpp":
-            return impl(x, a, g, b, perm, clamp, a_scale, reverse, False)
+        if "compute_logdet" in options:
+            return impl(x, a, g, b, perm, clamp, a_scale, reverse, compute_logdet=False)
         y, _ = impl(x, a, g, b, perm, clamp, a_scale, reverse)
     return y, None

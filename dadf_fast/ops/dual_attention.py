@@ -1,40 +1,10 @@
 """Public op: fused self + memorial attention (validation and backend dispatch)."""
 from __future__ import annotations
 
-from dadf_fast import reference
-from dadf_fast.ops._dispatch import Op, check_float, check_number, check_same, lazy
+from dadf_fast.ops._checks import check_float, check_number, check_same
+from dadf_fast.ops._dispatch import Op
 
-
-def _dtype_reasons(backend, device_type, dtype):
-    import torch
-
-    if backend == "triton" and dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        return f"the Triton dual-attention kernel supports float32, float16 and bfloat16, not {dtype}"
-    if backend == "triton" and device_type == "cpu" and dtype == torch.bfloat16:
-        return "the Triton interpreter has no bfloat16"
-    return None
-
-
-# the Triton kernels' largest head dim (dadf_fast.kernels.triton.dual_attention.MAX_HEAD_DIM; not
-# imported from there: importing a kernel module imports triton)
-TRITON_MAX_HEAD_DIM = 256
-
-
-def _limit_reasons(backend, head_dim):
-    if backend == "triton" and head_dim > TRITON_MAX_HEAD_DIM:
-        return f"the Triton dual-attention kernel supports head dims up to {TRITON_MAX_HEAD_DIM}, got D={head_dim}"
-    return None
-
-
-OP = Op(
-    name="dual_attention",
-    backends={
-        "torch": lambda: reference.dual_attention,
-        "triton": lazy("dadf_fast.kernels.triton.dual_attention", "dual_attention_triton", "the Triton dual-attention kernel"),
-    },
-    dtype_reasons=_dtype_reasons,
-    limit_reasons=_limit_reasons,
-)
+OP = Op("dual_attention")
 
 
 def dual_attention(qx, kx, vx, qm, vm, scale=None, backend="auto"):
@@ -65,5 +35,6 @@ def dual_attention(qx, kx, vx, qm, vm, scale=None, backend="auto"):
         raise ValueError(f"dual_attention: the head dim D (last dim of qx, ...) must be >= 1, got shape {tuple(qx.shape)}")
     if scale is not None:
         scale = check_number("dual_attention", "scale", scale, positive=True)
-    _, impl = OP.select(backend, qx.device, qx.dtype, key=qx.shape[-1])
+    # the head dim is what the Triton kernels' limit reads (and so part of the cache key)
+    impl = OP.select(backend, qx.device, qx.dtype, head_dim=qx.shape[-1]).impl
     return impl(qx, kx, vx, qm, vm, scale)

@@ -3,26 +3,12 @@ from __future__ import annotations
 
 import torch
 
-from dadf_fast import reference
-from dadf_fast.ops._dispatch import Op, autocast_off, check_float, check_same, lazy
+from dadf_fast.ops._checks import check_float, check_same
+from dadf_fast.ops._dispatch import Op
+from dadf_fast.utils.precision import autocast_off
 
 REDUCTIONS = ("max", "mean")
-
-
-def _dtype_reasons(backend, device_type, dtype):
-    if backend == "cpp" and device_type == "cpu" and dtype not in (torch.float32, torch.float64):
-        return f"the C++ CPU kernels support float32 and float64, not {dtype}"
-    return None
-
-
-OP = Op(
-    name="multiscale_score",
-    backends={
-        "torch": lambda: reference.multiscale_score,
-        "cpp": lazy("dadf_fast.kernels.cpp.ops", "multiscale_score", "the C++ multiscale_score op"),
-    },
-    dtype_reasons=_dtype_reasons,
-)
+OP = Op("multiscale_score")
 
 
 def _size_value(v, out_size) -> int:
@@ -80,6 +66,6 @@ def multiscale_score(zs, out_size, reduce="max", backend="auto"):
     size = normalize_size(out_size)
     if not isinstance(reduce, str) or reduce not in REDUCTIONS:
         raise ValueError(f"multiscale_score: reduce must be one of {REDUCTIONS}, got {reduce!r}")
-    _, impl = OP.select(backend, zs[0].device, zs[0].dtype)
+    impl = OP.select(backend, zs[0].device, zs[0].dtype).impl
     with autocast_off(zs[0].device):
         return impl(list(zs), size, reduce)

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 
-def check_number(op: str, name: str, v, positive: bool = False) -> float:
-    """``v`` as a float; raise unless it is a finite real number (``> 0`` when ``positive``).
+def check_number(op: str, name: str, v, positive: bool = False, nonnegative: bool = False) -> float:
+    """``v`` as a float; raise unless it is a finite real number (``> 0`` when ``positive``,
+    ``>= 0`` when ``nonnegative``).  The message is ``"{op}: {name} must be a finite number
+    [> 0 | >= 0], got ..."`` (``TypeError`` for a non-number, ``ValueError`` for a bad value).
 
     bool and str are rejected on purpose: ``float(True)`` and ``float("0.5")`` would succeed
     and silently turn a mistaken argument into a value."""
-    import numbers
-
+    want = "finite number" + (" > 0" if positive else " >= 0" if nonnegative else "")
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        raise TypeError(f"{op}: {name} must be a real number, got {type(v).__name__} {v!r}")
+        raise TypeError(f"{op}: {name} must be a {want}, got {type(v).__name__} {v!r}")
     f = float(v)
-    if not math.isfinite(f) or (positive and not f > 0):
-        raise ValueError(f"{op}: {name} must be a finite{' positive' if positive else ''} number, got {v!r}")
+    if not math.isfinite(f) or (positive and not f > 0) or (nonnegative and not f >= 0):
+        raise ValueError(f"{op}: {name} must be a {want}, got {v!r}")
     return f
 
 

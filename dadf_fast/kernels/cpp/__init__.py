@@ -1,27 +1,37 @@
-"""The C++/CUDA backend: the compiled extension ``dadf_fast._C`` (sources in ``csrc/`` here).
+"""The C++/CUDA backend: the extension module ``dadf_fast._C`` built from ``csrc/`` here.
 
 ``csrc/ops.cpp`` holds the schemas of ``torch.ops.dadf_fast.*``, ``csrc/cpu`` and
 ``csrc/cuda`` the kernels; :mod:`dadf_fast.kernels.cpp.ops` adds the fake kernels and the
-autograd formulas and the functions the public ops call.  Importing this package does not
-load the extension; :func:`load_extension` does.
+autograd formulas and the functions the public ops call.  The extension is compiled on first
+use and cached (:mod:`dadf_fast.kernels.cpp.build`).  Importing this package neither compiles
+nor loads anything; :func:`load_extension` does.
 """
 from __future__ import annotations
 
 import functools
-import importlib
 
 
 @functools.lru_cache(maxsize=None)
 def load_extension():
-    """(module, None) when ``dadf_fast._C`` loads and is current, else (None, reason)."""
+    """(module, None) when the extension is built (now or earlier) and loads, else (None, reason).
+
+    Never raises: a failed compile or import becomes the reason string that
+    :func:`dadf_fast.backends` reports and an explicit ``backend="cpp"`` raises.
+    """
+    from dadf_fast.kernels.cpp import build
+
     try:
-        mod = importlib.import_module("dadf_fast._C")
+        reason = build.disabled_reason()
+    except ValueError as exc:
+        return None, str(exc)
+    if reason:
+        return None, reason
+    p = None
+    try:
+        p = build.plan()
+        mod, p, _ = build.load()
     except Exception as exc:
-        return None, (
-            "the C++ extension dadf_fast._C is not built "
-            f"({type(exc).__name__}: {exc}); install with "
-            "`pip install --no-build-isolation -e .` to compile it"
-        )
+        return None, build.failure_reason(exc, p)
     stale = stale_reason(mod)
     if stale:
         return None, stale
@@ -29,19 +39,18 @@ def load_extension():
 
 
 def stale_reason(mod) -> str | None:
-    """Compare the source hash baked in at build time with the sources next to the package
-    (only checkable in a source checkout / editable install)."""
-    built = getattr(mod, "SOURCE_HASH", None)
-    if built is None:
-        return None
+    """A reason when ``mod`` was not built from the sources next to this package, else None.
+
+    The cache directory is keyed by the source hash, so this cannot happen through
+    :func:`load_extension`; it guards against a library put into the cache by hand.
+    """
     from dadf_fast.kernels.cpp.source_hash import source_hash
 
+    built = getattr(mod, "SOURCE_HASH", None)
     current = source_hash()
-    if current is not None and current != built:
-        return (
-            "the C++ extension dadf_fast._C is stale: csrc/ changed since it was built; "
-            "rebuild with `pip install --no-build-isolation -e .`"
-        )
+    if built is None or current is None or built != current:
+        return (f"the C++ extension at {getattr(mod, '__file__', '?')} is stale: built from other sources "
+                f"(SOURCE_HASH {built}) than csrc/ ({current}); delete that cache directory")
     return None
 
 
@@ -54,7 +63,10 @@ def unavailable_reason(device_type: str) -> str | None:
         return None
     if device_type == "cuda":
         if not getattr(mod, "WITH_CUDA", False):
-            return "dadf_fast._C was built without CUDA kernels (rebuild with DADF_FAST_CUDA=1)"
+            from dadf_fast.kernels.cpp.build import cuda_choice
+
+            return (f"the C++ extension was built without CUDA kernels ({cuda_choice()[1]}; "
+                    "DADF_FAST_CUDA=1 forces them)")
         import torch
 
         if not torch.cuda.is_available():

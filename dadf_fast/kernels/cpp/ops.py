@@ -1,15 +1,16 @@
 """Python side of the compiled extension ``dadf_fast._C`` (the ``cpp`` backend).
 
-Importing this module loads ``dadf_fast._C`` (which registers the ``torch.ops.dadf_fast.*``
-schemas and their CPU/CUDA kernels), then registers from Python:
+Importing this module loads ``dadf_fast._C`` (compiled on first use and cached, see
+:mod:`dadf_fast.kernels.cpp.build`; it registers the ``torch.ops.dadf_fast.*`` schemas and
+their CPU/CUDA kernels), then registers from Python:
 
 * fake (meta) kernels for every op, so ``torch.compile`` / FakeTensor tracing works;
 * autograd formulas for ``affine_coupling_fwd`` and ``flow_nll_fwd`` (backward through the
   C++ ``*_bwd`` kernels) and for ``multiscale_score`` (backward from ATen ops: the adjoint
   of the bilinear upsampling and the elementwise chain rule).
 
-It raises ImportError (with :func:`dadf_fast.backends`'s reason) when the extension is missing
-or stale; :mod:`dadf_fast.ops` turns that into ``BackendUnavailable``.
+It raises ImportError (with :func:`dadf_fast.backends`'s reason) when the extension is
+disabled or fails to build; :mod:`dadf_fast.ops` turns that into ``BackendUnavailable``.
 
 The functions below have the signatures the public ops hand to a backend implementation
 (arguments already validated); the C++ kernels check them again with ``TORCH_CHECK``.

@@ -1,4 +1,5 @@
-"""Hash of the C++/CUDA sources, used to detect a stale compiled extension."""
+"""Hash of the C++/CUDA sources: the first part of the JIT build's cache key, and the
+``SOURCE_HASH`` compiled into the extension."""
 from __future__ import annotations
 
 import hashlib

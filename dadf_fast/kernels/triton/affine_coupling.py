@@ -32,19 +32,13 @@ custom op ``dadf_fast_triton::affine_coupling`` (fake implementation for
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from dadf_fast.kernels.triton.common import INTERPRET, device_guard, next_power_of_2, require
+
 __all__ = ["affine_coupling_triton", "launch_config"]
-
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def _np2(n: int) -> int:
-    return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
 
 
 def launch_config(channels: int, pixels: int) -> tuple[int, int, int]:
@@ -54,10 +48,10 @@ def launch_config(channels: int, pixels: int) -> tuple[int, int, int]:
     contiguous pixel direction so that every gathered channel row is a coalesced load.  Under
     the interpreter tiles are small so that tests with tiny shapes still cover several
     channel and pixel blocks (and so the partial-sum paths)."""
-    if _INTERPRET:
-        return min(4, _np2(channels)), min(8, _np2(pixels)), 1
-    block_p = min(256, max(16, _np2(pixels)))
-    block_c = max(1, min(_np2(channels), 2048 // block_p))
+    if INTERPRET:
+        return min(4, next_power_of_2(channels)), min(8, next_power_of_2(pixels)), 1
+    block_p = min(256, max(16, next_power_of_2(pixels)))
+    block_c = max(1, min(next_power_of_2(channels), 2048 // block_p))
     return block_c, block_p, 4
 
 
@@ -112,9 +106,9 @@ def _coupling_fwd_kernel(
     cmask = offs_i < C
     pmask = offs_p < HW
     j = tl.load(perm_ptr + offs_i, mask=cmask, other=0)  # int64 source channel
-    # perm is not checked on the host for GPU tensors (a sync per call): an out-of-range
-    # entry must not address memory; its row becomes NaN and so does the log-det (as the
-    # CUDA kernel of the cpp backend does)
+    # perm values are not checked on the host for GPU tensors (a sync per call): an
+    # out-of-range entry must not address memory; its row becomes NaN and so does the
+    # log-det (as the CUDA kernel of the cpp backend does)
     valid = cmask & (j >= 0) & (j < C)
     j = tl.where(valid, j, 0)
     is2 = (j >= C1) & valid
@@ -263,42 +257,30 @@ def _coupling_bwd_kernel(
 # --------------------------------------------------------------------------- launchers
 
 
-def _check(x, a, g, b, perm, clamp):
-    for n, t in (("x", x), ("a", a), ("g", g), ("b", b), ("perm", perm)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"affine_coupling_triton: {n} must be a torch.Tensor, got {type(t).__name__}")
-    for n, t in (("x", x), ("a", a), ("g", g), ("b", b)):
-        if not t.is_floating_point():
-            raise TypeError(f"affine_coupling_triton: {n} must be a floating-point tensor, got {t.dtype}")
-    if x.dim() != 4:
-        raise ValueError(f"affine_coupling_triton: x must be [B, C, H, W], got shape {tuple(x.shape)}")
+def _guard(x, a, g, b, perm, gout=None, dlogdet=None):
+    """Refuse inputs the kernels would read out of bounds.
+
+    The public op validates everything once (:func:`dadf_fast.ops.affine_coupling`); this
+    guard is for ``torch.ops.dadf_fast_triton.*`` called directly: the kernels index ``a``,
+    ``g``, ``b``, ``perm`` (and the gradients) by x's sizes and read ``perm`` as int64, so a
+    smaller tensor, another index dtype or another device would address memory the op does
+    not own.  Values of ``perm`` need no check: the kernels mask out-of-range entries."""
+    op = "dadf_fast_triton::affine_coupling"
+    require(x.dim() == 4, op, f"x must be [B, C, H, W], got shape {tuple(x.shape)}")
     bsz, c, h, w = x.shape
-    if c < 2:
-        raise ValueError(f"affine_coupling_triton: x needs at least 2 channels to split (FrEIA needs C >= 2), got C={c}")
     want = (bsz, 2 * (c // 2), h, w)
-    if tuple(a.shape) != want:
-        raise ValueError(f"affine_coupling_triton: a must have shape {list(want)}, got {tuple(a.shape)}")
-    if tuple(g.shape) != (c,) or tuple(b.shape) != (c,) or tuple(perm.shape) != (c,):
-        raise ValueError(f"affine_coupling_triton: g, b and perm must have shape [{c}]")
-    if perm.dtype != torch.int64:
-        raise TypeError(f"affine_coupling_triton: perm must be int64, got {perm.dtype}")
-    for n, t in (("a", a), ("g", g), ("b", b), ("perm", perm)):
-        if t.device != x.device:
-            raise ValueError(f"affine_coupling_triton: {n} is on {t.device} but x is on {x.device}")
-    for n, t in (("a", a), ("g", g), ("b", b)):
-        if t.dtype != x.dtype:
-            raise TypeError(f"affine_coupling_triton: {n} has dtype {t.dtype} but x has {x.dtype}")
-    if isinstance(clamp, bool) or not isinstance(clamp, (int, float)) or not (0 < float(clamp) < float("inf")):
-        raise ValueError(f"affine_coupling_triton: clamp must be a finite number > 0, got {clamp!r}")
-    # CPU tensors (the interpreter) are checked here, where it costs no device sync; on GPU
-    # the kernels guard every access through perm instead (a bad entry gives NaN)
-    if perm.device.type == "cpu" and not torch.compiler.is_compiling():
-        bad = (perm < 0) | (perm >= c)
-        if bool(bad.any()):
-            i = int(bad.nonzero()[0, 0])
-            raise ValueError(f"affine_coupling_triton: perm[{i}] = {int(perm[i])} is out of range [0, {c})")
-        if not torch.equal(torch.sort(perm).values, torch.arange(c)):
-            raise ValueError("affine_coupling_triton: perm must be a permutation of 0..C-1 (each channel exactly once)")
+    require(tuple(a.shape) == want, op, f"a must have shape {list(want)}, got {tuple(a.shape)}")
+    for n, t in (("g", g), ("b", b), ("perm", perm)):
+        require(tuple(t.shape) == (c,), op, f"{n} must have shape [{c}], got {tuple(t.shape)}")
+    require(perm.dtype == torch.int64, op, f"perm must be int64, got {perm.dtype}", TypeError)
+    if gout is not None:
+        require(gout.shape == x.shape, op, f"the output gradient must have x's shape {tuple(x.shape)}, "
+                f"got {tuple(gout.shape)}")
+        require(tuple(dlogdet.shape) == (bsz,), op, f"the log-det gradient must have shape [{bsz}], "
+                f"got {tuple(dlogdet.shape)}")
+    for n, t in (("a", a), ("g", g), ("b", b), ("perm", perm), ("grad", gout), ("logdet grad", dlogdet)):
+        if t is not None:
+            require(t.device == x.device, op, f"{n} is on {t.device} but x is on {x.device}")
 
 
 def _flat(t):
@@ -312,6 +294,12 @@ def _log_g_term(g, hw):
 
 
 def _forward(x, a, g, b, perm, clamp, a_scale, reverse):
+    _guard(x, a, g, b, perm)
+    with device_guard(x):
+        return _forward_launch(x, a, g, b, perm, clamp, a_scale, reverse)
+
+
+def _forward_launch(x, a, g, b, perm, clamp, a_scale, reverse):
     bsz, c, h, w = x.shape
     c2 = c // 2
     c1 = c - c2
@@ -344,6 +332,12 @@ def _forward(x, a, g, b, perm, clamp, a_scale, reverse):
 
 
 def _backward(gout, dlogdet, x, a, g, b, perm, clamp, a_scale, reverse):
+    _guard(x, a, g, b, perm, gout, dlogdet)
+    with device_guard(x):
+        return _backward_launch(gout, dlogdet, x, a, g, b, perm, clamp, a_scale, reverse)
+
+
+def _backward_launch(gout, dlogdet, x, a, g, b, perm, clamp, a_scale, reverse):
     bsz, c, h, w = x.shape
     c2 = c // 2
     c1 = c - c2
@@ -433,10 +427,9 @@ def affine_coupling_triton(x, a, g, b, perm, clamp: float = 2.0, a_scale: float 
     ``(y [B, C, H, W] contiguous, logdet [B])`` in ``x``'s dtype.  Differentiable in ``x``,
     ``a``, ``g`` and ``b`` (both directions).  Inputs may have any strides.
 
-    ``perm`` must be an int64 permutation of ``0..C-1``: checked here for CPU tensors; on
-    GPU (no host sync) an out-of-range entry is never dereferenced, its output row (forward)
-    or the channel it should fill (reverse) is NaN, and so are the log-det and dg/db.
-    Non-finite values in ``x`` stay in the channel they are permuted to (see
-    :func:`dadf_fast.ops.affine_coupling`)."""
-    _check(x, a, g, b, perm, clamp)
+    The inputs are those :func:`dadf_fast.ops.affine_coupling` has validated (call that for
+    checked arguments).  ``perm`` must be an int64 permutation of ``0..C-1``; an
+    out-of-range entry is never dereferenced: its output row (forward) or the channel it
+    should fill (reverse) is NaN, and so are the log-det and dg/db.  Non-finite values in
+    ``x`` stay in the channel they are permuted to."""
     return torch.ops.dadf_fast_triton.affine_coupling(x, a, g, b, perm, float(clamp), float(a_scale), bool(reverse))

@@ -81,18 +81,16 @@ tests and ``benchmarks/attention.py --tune`` try other block sizes.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 import triton
 import triton.language as tl
 
-from dadf_fast.kernels.triton import interpret as triton_interpret, unavailable_reason as triton_reason
+from dadf_fast.kernels.triton import MAX_HEAD_DIM
+from dadf_fast.kernels.triton.common import INTERPRET, device_guard, next_power_of_2, require
 
 LOG2E = 1.4426950408889634
-MAX_HEAD_DIM = 256
-_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -537,12 +535,12 @@ def _head_chunks(head_dim: int) -> tuple[int, int]:
     """Cover ``head_dim`` with at most two power-of-two column chunks (each >= 16, the
     smallest ``tl.dot`` size).  Two chunks are used only when they are narrower than the
     single padded power of two (D = 180: 128 + 64 = 192 < 256; D = 48: 32 + 16 = 48 < 64)."""
-    single = max(16, triton.next_power_of_2(head_dim))
+    single = max(16, next_power_of_2(head_dim))
     da = max(16, 1 << (head_dim.bit_length() - 1))
     rest = head_dim - da
     if rest <= 0:
         return single, 0
-    db = max(16, triton.next_power_of_2(rest))
+    db = max(16, next_power_of_2(rest))
     if da + db >= single:
         return single, 0
     return da, db
@@ -552,21 +550,18 @@ def _gpu_config(padded_d: int, kernel: str, dtype: torch.dtype) -> dict:
     """Block sizes per kernel, padded head dim and dtype (see the module docstring).
 
     ``BLOCK_M`` is the query block and ``BLOCK_N`` the key block in every kernel.  These are
-    reasoned defaults, not timed ones (no GPU was available when they were chosen): they were
-    checked by compiling for sm_90a offline and reading ``ptxas -v`` (registers, spills,
-    shared memory) and whether Hopper ``wgmma`` was emitted.  Rules of thumb behind them:
+    reasoned defaults, not autotuned: they are chosen from the register, spill and shared
+    memory report of ``ptxas -v`` for sm_90a and from whether Hopper ``wgmma`` is emitted.
+    Rules of thumb behind them:
 
     * 16-bit inputs: a warpgroup's wgmma wants 64 rows on the M side of a dot, so the
       resident block (queries in fwd/dQ, keys in dK/dV) is 64 rows; 8 warps for Dp > 64 so
-      that the float32 accumulators (2 x 64 x Dp x 4 bytes) stay within 255 registers per
-      thread.  At Dp = 192 (D = 180, bfloat16, Triton 3.6 and 3.8 alike): fwd 255 regs, no
-      spill; dK/dV spills 264 bytes/thread and dQ 116-168 (wider tiles spill kilobytes;
-      32-row resident tiles spill nothing but fall back from wgmma to mma.sync).
-      ``benchmarks/attention.py --tune`` times the alternatives on a GPU.
+      that the float32 accumulators (2 x 64 x Dp x 4 bytes) fit the 255 registers per
+      thread (wider tiles spill; 32-row resident tiles spill less but fall back from wgmma
+      to mma.sync).  ``benchmarks/attention.py --tune`` times the alternatives on a GPU.
     * float32 inputs use IEEE dots (FMA, no tensor cores), which need far more registers per
-      tile: 16 x 16 blocks and one stage keep shared memory under the 228 KiB of an SM (the
-      16-bit table would need up to 570 KiB).  Large head dims still spill in the dQ kernel
-      (~11 KiB/thread at D = 180).  float32 is the exact path, not the fast one.
+      tile: 16 x 16 blocks and one stage keep shared memory under the 228 KiB of an SM,
+      which the 16-bit table would exceed.  float32 is the exact path, not the fast one.
     """
     if dtype == torch.float32:
         return dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1)
@@ -603,7 +598,7 @@ def _config(head_dim: int, kernel: str, dtype: torch.dtype) -> dict:
     if over is not None:
         cfg = dict(num_warps=4, num_stages=1)
         cfg.update(over)
-    elif triton_interpret():
+    elif INTERPRET:
         # Interpreter: numpy per tile, cost ~ number of tile steps, not tile size.  32 x 32
         # blocks keep the CPU tests fast while N = 64 still spans 2 x 2 blocks (tests force
         # 16 x 16 blocks where they want ragged multi-block sweeps).
@@ -628,35 +623,26 @@ def _empty_bhnd(shape, dtype, device):
     return torch.empty((b, n, h, d), dtype=dtype, device=device).permute(0, 2, 1, 3)
 
 
-def _check_inputs(tensors, where: str):
-    qx = tensors[0]
-    if qx.dtype not in _SUPPORTED_DTYPES:
-        raise TypeError(f"{where}: dtype {qx.dtype} is not supported (float32, float16, bfloat16)")
-    if qx.dim() != 4:
-        raise ValueError(f"{where}: expected [B, H, N, D] tensors, got shape {tuple(qx.shape)}")
-    for t in tensors:
-        if t.shape != qx.shape or t.dtype != qx.dtype or t.device != qx.device:
-            raise ValueError(f"{where}: all tensors must share shape, dtype and device")
-    d = qx.shape[-1]
-    if d > MAX_HEAD_DIM or d < 1:
-        raise ValueError(f"{where}: head dim must be in [1, {MAX_HEAD_DIM}], got {d}")
-    reason = triton_reason(qx.device.type)
-    if reason:
-        raise RuntimeError(f"{where}: cannot run on {qx.device.type} tensors: {reason}")
-    if qx.device.type == "cpu" and qx.dtype == torch.bfloat16:
-        raise TypeError(f"{where}: the Triton interpreter has no bfloat16")
+def _guard(tensors, names):
+    """Refuse inputs the kernels would read out of bounds.
 
-
-def _device_guard(t: torch.Tensor):
-    """Launch on the tensors' GPU, not on whichever one is current."""
-    if t.device.type == "cuda":
-        return torch.cuda.device(t.device)
-    return contextlib.nullcontext()
+    The public op validates everything once (:func:`dadf_fast.ops.dual_attention`); this
+    guard is for ``torch.ops.dadf_fast_triton.*`` called directly: every kernel walks all
+    tensors with the sizes of the first one, on its device, and tiles at most
+    ``MAX_HEAD_DIM`` columns."""
+    op = "dadf_fast_triton::dual_attention"
+    q = tensors[0]
+    require(q.dim() == 4, op, f"expected [B, H, N, D] tensors, got shape {tuple(q.shape)}")
+    for n, t in zip(names, tensors):
+        require(t.shape == q.shape, op, f"{n} has shape {tuple(t.shape)} but {names[0]} has {tuple(q.shape)}")
+        require(t.device == q.device, op, f"{n} is on {t.device} but {names[0]} is on {q.device}")
+    d = q.shape[-1]
+    require(1 <= d <= MAX_HEAD_DIM, op, f"head dim must be in [1, {MAX_HEAD_DIM}], got {d}")
 
 
 def _forward(qx, kx, vx, qm, vm, scale: float):
-    _check_inputs((qx, kx, vx, qm, vm), "dual_attention_triton")
-    with _device_guard(qx):
+    _guard((qx, kx, vx, qm, vm), ("qx", "kx", "vx", "qm", "vm"))
+    with device_guard(qx):
         return _forward_launch(qx, kx, vx, qm, vm, scale)
 
 
@@ -680,7 +666,12 @@ def _forward_launch(qx, kx, vx, qm, vm, scale: float):
 
 
 def _backward(dox, dom, qx, kx, vx, qm, vm, ox, om, lse, scale: float):
-    with _device_guard(qx):
+    _guard((qx, kx, vx, qm, vm, ox, om, dox, dom), ("qx", "kx", "vx", "qm", "vm", "ox", "om", "dox", "dom"))
+    b, h, n, _ = qx.shape
+    require(lse.shape == (2, b, h, n) and lse.dtype == torch.float32 and lse.device == qx.device,
+            "dadf_fast_triton::dual_attention_backward",
+            f"lse must be float32 [2, {b}, {h}, {n}] on {qx.device}, got {lse.dtype} {tuple(lse.shape)} on {lse.device}")
+    with device_guard(qx):
         return _backward_launch(dox, dom, qx, kx, vx, qm, vm, ox, om, lse, scale)
 
 
@@ -699,8 +690,8 @@ def _backward_launch(dox, dom, qx, kx, vx, qm, vm, ox, om, lse, scale: float):
     qk_scale = float(scale) * LOG2E
 
     delta = torch.empty((2, B, H, N), dtype=torch.float32, device=qx.device)
-    block_d = max(16, triton.next_power_of_2(D))
-    block_m = 32 if triton_interpret() else max(16, min(64, 8192 // block_d))
+    block_d = max(16, next_power_of_2(D))
+    block_m = 32 if INTERPRET else max(16, min(64, 8192 // block_d))
     _dual_attn_bwd_delta_kernel[(triton.cdiv(N, block_m), B * H)](
         ox, dox, om, dom, delta,
         *ox.stride(), *dox.stride(), *om.stride(), *dom.stride(),

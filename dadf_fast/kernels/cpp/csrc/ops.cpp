@@ -4,17 +4,14 @@
 // `dadf_fast` namespace (torch.ops.dadf_fast.*); the CPU kernels (csrc/cpu/) and the CUDA
 // kernels (csrc/cuda/, when built) register their implementations for the same names.
 // Fake (meta) kernels and autograd formulas (all three ops, multiscale_score included) are
-// registered from Python (dadf_fast/cpp.py).
+// registered from Python (dadf_fast/kernels/cpp/ops.py).
 #include <Python.h>
 #include <torch/library.h>
 
-// The source hash of csrc/ at build time, written by setup.py into a generated header in
-// the build directory (outside csrc/, so that it does not change the hash it records).
-#if defined(__has_include)
-#if __has_include("dadf_fast_source_hash.h")
-#include "dadf_fast_source_hash.h"
-#endif
-#endif
+// DADF_FAST_SOURCE_HASH: the hash of csrc/ at build time, passed by the JIT build
+// (dadf_fast/kernels/cpp/build.py) as a bare -D token, so that no shell quoting is needed.
+#define DADF_FAST_STR_(x) #x
+#define DADF_FAST_STR(x) DADF_FAST_STR_(x)
 
 TORCH_LIBRARY(dadf_fast, m) {
   // One affine coupling step, FrEIA AllInOneBlock semantics (see dadf_fast.reference).
@@ -52,7 +49,7 @@ PyMODINIT_FUNC PyInit__C(void) {
   PyObject* mod = PyModule_Create(&dadf_module);
   if (mod == nullptr) return nullptr;
 #ifdef DADF_FAST_SOURCE_HASH
-  if (PyModule_AddStringConstant(mod, "SOURCE_HASH", DADF_FAST_SOURCE_HASH) < 0) goto fail;
+  if (PyModule_AddStringConstant(mod, "SOURCE_HASH", DADF_FAST_STR(DADF_FAST_SOURCE_HASH)) < 0) goto fail;
 #endif
 #ifdef DADF_FAST_WITH_CUDA
   Py_INCREF(Py_True);

@@ -1,0 +1,36 @@
+"""What the ``cpp`` backend (the extension ``dadf_fast._C``) runs: declared here, once.
+
+The C++ kernels check their inputs again with ``TORCH_CHECK`` because ``torch.ops.dadf_fast.*``
+can be called directly; these declarations are what the dispatcher and
+``dadf_fast.backends()`` read.
+"""
+from __future__ import annotations
+
+import torch
+
+from dadf_fast.kernels.spec import SOFT_PERMUTATION, Backend, OpSupport, dtype_limit
+
+# the CUDA kernels dispatch over every floating type; the CPU kernels only over the two
+# whose vectorised math they implement
+CPU_DTYPES = dtype_limit("the C++ CPU kernels take float32 and float64 only",
+                         {"cpu": (torch.float32, torch.float64)})
+
+
+def unavailable_reason(device_type: str) -> str | None:
+    """Why the extension cannot run on ``device_type`` tensors here (None when it can)."""
+    from dadf_fast.kernels import cpp
+
+    return cpp.unavailable_reason(device_type)
+
+
+BACKEND = Backend(
+    name="cpp",
+    devices=("cpu", "cuda"),
+    availability=unavailable_reason,
+    ops=(
+        OpSupport("affine_coupling", "dadf_fast.kernels.cpp.ops:affine_coupling",
+                  limits=(SOFT_PERMUTATION, CPU_DTYPES), options=("compute_logdet",)),
+        OpSupport("flow_nll", "dadf_fast.kernels.cpp.ops:flow_nll", limits=(CPU_DTYPES,)),
+        OpSupport("multiscale_score", "dadf_fast.kernels.cpp.ops:multiscale_score", limits=(CPU_DTYPES,)),
+    ),
+)
