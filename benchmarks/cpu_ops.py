@@ -16,6 +16,13 @@ Rows (median wall time over ``--repeats`` runs after warm-up):
   affine it is (same function; PyTorch runs a grouped 1x1 conv as one conv per group + cat),
   as a FlowStage of our own can; FrEIA's side always runs its nn.Conv2d subnet.
   Lite shapes only unless ``--stage-paper`` (FrEIA's dense permutation makes that minutes).
+* ``coupling [N, C]``: the 1-D fibre layout of CFLOW's flows (``--ops fibres``), forward and
+  forward+backward through ``ops.affine_coupling``: the C++ fibre kernel on ``[N, C]``, the
+  reference on ``[N, C]``, and the C++ kernel on the ``[N, C, 1, 1]`` view (``--fibre-4d``
+  also times that view, which now runs the same fibre kernel; before the fibre kernel it ran
+  rows of one pixel).  anomalib's CFLOW calls its flows on ``fiber_batch_size`` = 64 fibres
+  of C = 512 / 1024 / 2048 channels (wide_resnet50_2 layer2-4); N = 8192 is one whole batch
+  of 8 images at 32x32.
 
 On a shared 2-core machine, load from other processes makes the 2-thread timings jumpy
 (each parallel region waits for a descheduled thread); ``--threads 1`` is steadier.
@@ -177,6 +184,60 @@ def bench_score(cpp, preset, cfg, batch, repeats, use_compile, rows):
     print(f"  multiscale_score {preset}: C++ {t_cpp:.2f} ms, ref {t_ref:.2f} ms", flush=True)
 
 
+FIBRE_SHAPES = ((64, 512), (64, 1024), (64, 2048), (8192, 128), (8192, 512))
+
+
+def bench_fibres(repeats, rows, with_4d=False):
+    """``[N, C]`` coupling rows: C++ (2-D, and the ``[N, C, 1, 1]`` view with ``with_4d``)
+    against the reference, forward and forward+backward (gradients of x, a, g, b)."""
+    for n, c in FIBRE_SHAPES:
+        gen = torch.Generator().manual_seed(n + c)
+        x = torch.randn(n, c, generator=gen)
+        a = 3.0 * torch.randn(n, 2 * (c // 2), generator=gen)
+        g = torch.rand(c, generator=gen) + 0.5
+        b = torch.randn(c, generator=gen)
+        perm = torch.randperm(c, generator=gen)
+
+        def fwd(backend, view4d=False):
+            xx, aa = (x[..., None, None], a[..., None, None]) if view4d else (x, a)
+            if backend == "reference":
+                return reference.affine_coupling(xx, aa, g, b, perm, 1.9, 0.1)
+            return ops_affine_coupling(xx, aa, g, b, perm, 1.9, 0.1, backend=backend)
+
+        leaves = [t.clone().requires_grad_() for t in (x, a, g, b)]
+
+        def train(backend, view4d=False):
+            xx, aa, gg, bb = leaves
+            if view4d:
+                xx, aa = xx[..., None, None], aa[..., None, None]
+            if backend == "reference":
+                y, ld = reference.affine_coupling(xx, aa, gg, bb, perm, 1.9, 0.1)
+            else:
+                y, ld = ops_affine_coupling(xx, aa, gg, bb, perm, 1.9, 0.1, backend=backend)
+            (0.5 * y.square().sum() - ld.sum()).backward()
+
+        with torch.no_grad():
+            want = fwd("reference")
+            got = fwd("cpp")
+            t_cpp, t_ref, t_4d = median_ms(
+                [lambda: fwd("cpp"), lambda: fwd("reference"), (lambda: fwd("cpp", True)) if with_4d else None],
+                repeats)
+        shape = f"{n}x{c}"
+        rows.append(Row("coupling [N, C] fwd", "fibres", shape, t_cpp, t_ref, None, rel_diff(got, want)))
+        if with_4d:
+            rows.append(Row("coupling [N, C, 1, 1] fwd", "fibres", shape + "x1x1", t_4d, t_ref, None, float("nan")))
+        t_cpp_b, t_ref_b, t_4d_b = median_ms(
+            [lambda: train("cpp"), lambda: train("reference"), (lambda: train("cpp", True)) if with_4d else None],
+            repeats)
+        rows.append(Row("coupling [N, C] fwd+bwd", "fibres", shape, t_cpp_b, t_ref_b, None, float("nan")))
+        if with_4d:
+            rows.append(Row("coupling [N, C, 1, 1] fwd+bwd", "fibres", shape + "x1x1", t_4d_b, t_ref_b, None,
+                            float("nan")))
+        extra = f", [N,C,1,1] {t_4d:.3f} / {t_4d_b:.3f} ms" if with_4d else ""
+        print(f"  coupling fibres {shape}: fwd C++ {t_cpp:.3f} ms, ref {t_ref:.3f} ms; "
+              f"fwd+bwd C++ {t_cpp_b:.3f} ms, ref {t_ref_b:.3f} ms{extra}", flush=True)
+
+
 # ---------------------------------------------------------------------------------------
 # Flow stage: FrEIA AllInOneBlock x 8 versus the same weights through the C++ coupling
 # ---------------------------------------------------------------------------------------
@@ -290,6 +351,7 @@ def main(argv=None):
     )
     parser.add_argument("--ops", default="coupling,flow_nll,score,stage", help="comma-separated subset")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--fibre-4d", action="store_true", help="fibres: also time the [N, C, 1, 1] view")
     args = parser.parse_args(argv)
 
     if args.threads:
@@ -315,6 +377,8 @@ def main(argv=None):
             bench_score(cpp, preset, cfg, args.batch, repeats, use_compile, rows)
         if "stage" in ops and not args.no_stage and (preset == "lite" or args.stage_paper):
             bench_flow_stage(preset, cfg, args.batch, repeats, rows)
+    if "fibres" in ops:
+        bench_fibres(args.repeats, rows, with_4d=args.fibre_4d)
     print()
     print_table(rows)
     print("\nref/C++ and compiled/C++ > 1 mean the C++ op is faster; flow_stage's reference is FrEIA AllInOneBlock.")

@@ -78,6 +78,13 @@ step bench_lite_fp32 40 $BENCH --preset lite --variants torch auto auto-graph --
 step coupling 30 $PY benchmarks/coupling.py --device cuda --k 3 1 --json "$OUTDIR/coupling_fp32.json"
 step attention 40 $PY benchmarks/attention.py --device cuda --json "$OUTDIR/attention.json"
 step coupling_bf16 20 $PY benchmarks/coupling.py --device cuda --dtype bfloat16 --k 3 1 --json "$OUTDIR/coupling_bf16.json"
+# anomalib's flow models, original vs dadf_fast.integrations.accelerate (docs/integrations.md);
+# anomalib is an optional extra the GPU machine may not have
+if $PY -c "import anomalib" > /dev/null 2>&1; then
+  step integrations 45 $PY benchmarks/integrations.py --quick --device cuda --json "$OUTDIR/integrations.json"
+else
+  echo "integrations skip 0 (anomalib not importable)" >> "$SUMMARY"; echo "== integrations: skipped (no anomalib)"
+fi
 step pytest_kernels 60 $PY -m pytest -q tests/kernels tests/ops tests/models/test_dadf_backends.py \
   tests/test_extension_build.py -p no:cacheprovider
 

@@ -16,6 +16,7 @@ LAYERS = {
     "dadf_fast.kernels": 1,
     "dadf_fast.ops": 2,
     "dadf_fast.nn": 3,
+    "dadf_fast.integrations": 4,  # adapters for other libraries (FrEIA, anomalib) over nn/ops
     "dadf_fast.data": 4,
     "dadf_fast.metrics": 4,
     "dadf_fast.models": 5,

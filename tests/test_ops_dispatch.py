@@ -117,6 +117,9 @@ def test_dtype_limit_restricts_only_its_device_types():
     ("triton", "affine_coupling", "cuda", torch.float32, {"permutation": "soft"}, "soft permutations"),
     ("cpp", "flow_nll", "cpu", torch.float16, {}, "float32 and float64 only"),
     ("cpp", "affine_coupling", "cpu", torch.float32, {"permutation": "soft"}, "soft permutations"),
+    ("triton", "affine_coupling", "cpu", torch.float32, {"ndim": 2}, "4-D [B, C, H, W] inputs only"),
+    ("triton", "affine_coupling", "cuda", torch.float16, {"ndim": 2}, "(got ndim=2)"),
+    ("cpp", "affine_coupling", "cuda", torch.float32, {"ndim": 2}, "on CUDA: 4-D [B, C, H, W] inputs only"),
 ])
 def test_declared_limits_reject_these_calls(backend, op, device, dtype, attrs, fragment):
     decl = registry.DECLARATIONS[backend]
@@ -131,6 +134,9 @@ def test_declared_limits_reject_these_calls(backend, op, device, dtype, attrs, f
     ("triton", "affine_coupling", "cpu", torch.float16, {"permutation": "hard"}),
     ("cpp", "flow_nll", "cuda", torch.float16, {}),
     ("cpp", "multiscale_score", "cpu", torch.float64, {}),
+    ("cpp", "affine_coupling", "cpu", torch.float64, {"permutation": "hard", "ndim": 2}),
+    ("cpp", "affine_coupling", "cuda", torch.float16, {"permutation": "hard", "ndim": 4}),
+    ("triton", "affine_coupling", "cuda", torch.bfloat16, {"permutation": "hard", "ndim": 4}),
 ])
 def test_declared_limits_accept_these_calls(backend, op, device, dtype, attrs):
     s = registry.DECLARATIONS[backend].support(op)
@@ -215,6 +221,22 @@ def test_auto_skips_a_backend_whose_limit_rejects_the_inputs(triton_first_on_cpu
     # the call itself resolved per head dim (the public op passes it)
     chosen = {dict(key[3:])["head_dim"]: hit.backend for key, hit in ops.OPS[0]._cache.items() if key[0] == "auto"}
     assert chosen == {16: "triton", 300: "torch"}
+
+
+def test_auto_passes_fibres_on_from_the_4d_only_triton_kernel(triton_first_on_cpu):
+    """x [N, C]: auto skips triton (declared 4-D only) for the next candidate that runs it."""
+    attrs = dict(permutation="hard")
+    assert ops.selected_backend("affine_coupling", "auto", "cpu", torch.float32, ndim=4, **attrs) == "triton"
+    op = {o.name: o for o in ops.OPS}["affine_coupling"]
+    nxt = "torch" if op.reason("cpp", CPU, torch.float32, ndim=2, **attrs) else "cpp"
+    assert ops.selected_backend("affine_coupling", "auto", "cpu", torch.float32, ndim=2, **attrs) == nxt
+    x, a, g, b, perm = (t[:, :, 0, 0] if t.dim() == 4 else t for t in _coupling_args(c=6, bsz=5))
+    got = ops.affine_coupling(x, a, g, b, perm)
+    want = reference.affine_coupling(x, a, g, b, perm)
+    for p, q in zip(got, want):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-5)
+    with pytest.raises(BackendUnavailable, match=r"backend 'triton' cannot run .*4-D \[B, C, H, W\] inputs only"):
+        ops.affine_coupling(x, a, g, b, perm, backend="triton")
 
 
 def test_explicit_backend_raises_with_the_declared_reason(triton_first_on_cpu):
@@ -328,6 +350,9 @@ def test_triton_registered_ops_refuse_out_of_bounds_inputs():
 
 @pytest.mark.parametrize("bad,match", [
     (lambda x, a, g, b, p: (x[0], a, g, b, p), "4-D"),
+    (lambda x, a, g, b, p: (x[0], a[0], g, b, p), r"4-D \[B, C, H, W\] or 2-D \[N, C\], got shape \(5, 3, 4\)"),
+    (lambda x, a, g, b, p: (x[:, :, 0, 0], a, g, b, p), r"a must have shape \[2, 4\]"),
+    (lambda x, a, g, b, p: (x[:, :, 0, 0], a[:, :, 0, 0].t(), g, b, p), r"a must have shape \[2, 4\]"),
     (lambda x, a, g, b, p: (x, a[:, :1], g, b, p), "a must have shape"),
     (lambda x, a, g, b, p: (x, a, g[:2], b, p), "g must have shape"),
     (lambda x, a, g, b, p: (x, a, g, b, p[:3]), "perm must have shape"),

@@ -149,8 +149,8 @@ class Backend:
 
 
 SOFT_PERMUTATION = Limit(
-    "soft permutations (AllInOneCoupling with permute_soft=True) are dense rotations: they run the dense torch "
-    "path, never the gather kernels of the triton/cpp backends",
+    "soft permutations (AllInOneCoupling or AllInOneBlock with permute_soft=True) are dense rotations: "
+    "they run the dense torch path, never the gather kernels of the triton/cpp backends",
     ("permutation",),
     lambda call: call.get("permutation") == "soft",
 )

@@ -2,18 +2,16 @@
 per-scale flow stage of DADF."""
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from dadf_fast import ops
 from dadf_fast.kernels.registry import SOFT_PERMUTATION_REASON, BackendUnavailable
-from dadf_fast.reference import affine_coupling as reference_coupling
+from dadf_fast.nn.coupling import (fused_coupling, global_affine_activation, global_affine_raw_init,
+                                   hard_permutation_index, permutation_matrix, random_rotation, torch_coupling)
 
 # FrEIA's SOFTPLUS global affine: g = 0.1 * softplus_{beta=0.5}(raw), raw initialised so g = 1.
-_GLOBAL_SCALE_INIT = 2.0 * math.log(math.exp(0.5 * 10.0 * 1.0) - 1.0)
+_GLOBAL_SCALE_INIT = global_affine_raw_init("SOFTPLUS", 1.0)
 
 
 class DepthwiseConv2d(nn.Conv2d):
@@ -43,8 +41,11 @@ def coupling_subnet(in_channels: int, out_channels: int, kernel_size: int) -> nn
 
 
 class AllInOneCoupling(nn.Module):
-    """Drop-in for FrEIA 0.2's ``AllInOneBlock`` on ``[B, C, H, W]`` inputs (default global
-    affine ``SOFTPLUS``, no conditioning, no GIN, no householder, no pre-permutation).
+    """DADF's light coupling step: FrEIA 0.2's ``AllInOneBlock`` function on ``[B, C, H, W]``
+    inputs (default global affine ``SOFTPLUS``, no conditioning, no GIN, no householder, no
+    pre-permutation), called as ``step(x) -> (y, logdet)``.  For FrEIA's full contract (its
+    call convention, every option, SequenceINN/GraphINN) use :class:`dadf_fast.nn.AllInOneBlock`;
+    both compute through :mod:`dadf_fast.nn.coupling`.
 
     Parameters and buffers carry FrEIA's names (``global_scale``, ``global_offset``,
     ``w_perm``, ``w_perm_inv``, ``subnet.*``), so a FrEIA block's ``state_dict`` loads as is.
@@ -78,27 +79,25 @@ class AllInOneCoupling(nn.Module):
         self.global_scale = nn.Parameter(torch.full((1, channels, 1, 1), _GLOBAL_SCALE_INIT))
         self.global_offset = nn.Parameter(torch.zeros(1, channels, 1, 1))
         if permute_soft:
-            from scipy.stats import special_ortho_group
-
-            w = torch.tensor(special_ortho_group.rvs(channels), dtype=torch.float32)
+            w = random_rotation(channels)
             perm = torch.arange(channels)
         else:
             perm = torch.randperm(channels)
-            w = torch.zeros(channels, channels)
-            w[torch.arange(channels), perm] = 1.0
+            w = permutation_matrix(perm)
         self.w_perm = nn.Parameter(w.view(channels, channels, 1, 1).clone(), requires_grad=False)
         self.w_perm_inv = nn.Parameter(w.t().reshape(channels, channels, 1, 1).clone(), requires_grad=False)
         self.register_buffer("perm", perm, persistent=False)
         self.register_buffer("perm_inv", torch.argsort(perm), persistent=False)
-        self.register_load_state_dict_post_hook(lambda module, _: module._sync_perm())
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        # a method, not a state-dict hook holding a lambda: the module stays picklable
+        super()._load_from_state_dict(*args, **kwargs)
+        self._sync_perm()
 
     def _sync_perm(self) -> None:
         """Derive the index permutation from ``w_perm`` (after a state-dict load)."""
-        w = self.w_perm.detach().reshape(self.channels, self.channels).float().cpu()
-        idx = w.argmax(dim=1)
-        hard = torch.zeros_like(w)
-        hard[torch.arange(self.channels), idx] = 1.0
-        self.permute_soft = not (torch.equal(hard, w) and torch.equal(torch.sort(idx).values, torch.arange(self.channels)))
+        idx = hard_permutation_index(self.w_perm)
+        self.permute_soft = idx is None
         if self.permute_soft:
             idx = torch.arange(self.channels)
         self.perm.copy_(idx.to(self.perm.device))
@@ -106,7 +105,7 @@ class AllInOneCoupling(nn.Module):
 
     def scale_and_offset(self):
         """Activated global scale ``g`` and offset ``b``, each ``[C]``."""
-        g = 0.1 * F.softplus(self.global_scale, beta=0.5)
+        g = global_affine_activation(self.global_scale, "SOFTPLUS")
         return g.reshape(self.channels), self.global_offset.reshape(self.channels)
 
     def _check_input(self, x):
@@ -116,38 +115,15 @@ class AllInOneCoupling(nn.Module):
     def forward(self, x, rev: bool = False, compute_logdet: bool = True):
         self._check_input(x)
         g, b = self.scale_and_offset()
-        c1 = self.splits[0]
         if self.permute_soft:
             if self.backend not in ("auto", "torch"):
                 raise BackendUnavailable(f"AllInOneCoupling: backend {self.backend!r}: {SOFT_PERMUTATION_REASON}")
-            y, logdet = self._dense_forward(x, g, b, rev)
+            # FrEIA's computation with the dense (soft) channel mixing w_perm
+            y, logdet = torch_coupling(x, (), self.subnet, g.view(1, -1, 1, 1), b.view(1, -1, 1, 1), self.w_perm,
+                                       self.w_perm_inv, self.clamp, rev)
             return y, (logdet if compute_logdet else None)
-        if not rev:
-            a = self.subnet(x[:, :c1])
-        else:
-            # the first half of the step's input, recovered from the output: y[:, i] = v[:, perm[i]]
-            x1 = (x[:, self.perm_inv[:c1]] - b[:c1, None, None]) / g[:c1, None, None]
-            a = self.subnet(x1)
-        if a.dtype != x.dtype:
-            # mixed precision: the subnet ran in bfloat16/float16 under autocast, the
-            # epilogue (exp, log-det) runs on float32 x
-            a = a.to(x.dtype)
-        return ops.affine_coupling(x, a, g, b, self.perm, clamp=self.clamp, a_scale=0.1, reverse=rev,
-                                   backend=ops.module_backend("affine_coupling", self.backend),
-                                   compute_logdet=compute_logdet)
-
-    def _dense_forward(self, x, g, b, rev):
-        """FrEIA's computation with an arbitrary (soft) channel-mixing matrix ``w_perm``: the
-        reference coupling with the identity permutation, then the mixing as FrEIA's dense 1x1
-        convolution (reverse: the inverse mixing first, then the reference's inverse)."""
-        identity = torch.arange(self.channels, device=x.device)
-        c1 = self.splits[0]
-        if not rev:
-            u, logdet = reference_coupling(x, self.subnet(x[:, :c1]), g, b, identity, clamp=self.clamp, a_scale=0.1)
-            return F.conv2d(u, self.w_perm.to(x.dtype)), logdet
-        v = F.conv2d(x, self.w_perm_inv.to(x.dtype))
-        x1 = (v[:, :c1] - b[:c1, None, None]) / g[:c1, None, None]
-        return reference_coupling(v, self.subnet(x1), g, b, identity, clamp=self.clamp, a_scale=0.1, reverse=True)
+        return fused_coupling(x, (), self.subnet, g, b, self.perm, self.perm_inv, self.clamp, rev,
+                              ops.module_backend("affine_coupling", self.backend), compute_logdet=compute_logdet)
 
 
 class ChannelLayerNorm(nn.Module):

@@ -1,6 +1,8 @@
 """Public op: one affine coupling step (coupling + global affine + hard permutation)."""
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from dadf_fast.ops._checks import check_flag, check_float, check_number, check_same
@@ -29,8 +31,44 @@ def as_permutation(perm, channels: int, device: torch.device) -> torch.Tensor:
     return perm
 
 
+# Verdicts of the CPU sort-check, so that a module calling the op with the same perm buffer
+# every step checks it once: id(perm) -> (weakref to perm, _version, data_ptr, channels).
+# The weakref's callback drops the entry with the tensor (a later tensor may reuse the id;
+# the weakref identity test rules that out meanwhile).  An in-place write bumps _version
+# (views share their base's counter), and a copy or a reloaded tensor has another data_ptr,
+# so both are checked again (writes that bypass the version counter, through ``.data`` or a
+# NumPy view, are not seen; the C++ kernels check perm again on every call).  A dict keyed by
+# id, not a WeakKeyDictionary: that one compares keys with ``==``, elementwise on tensors.
+_CHECKED: dict[int, tuple] = {}
+
+
+def _verdict_key(perm: torch.Tensor, channels: int):
+    if perm.is_inference():  # inference tensors have no version counter: check every call
+        return None
+    return perm._version, perm.data_ptr(), channels
+
+
+def _already_checked(perm: torch.Tensor, channels: int) -> bool:
+    entry = _CHECKED.get(id(perm))
+    if entry is None or entry[0]() is not perm:
+        return False
+    key = _verdict_key(perm, channels)
+    return key is not None and entry[1:] == key
+
+
+def _remember_checked(perm: torch.Tensor, channels: int) -> None:
+    key = _verdict_key(perm, channels)
+    if key is None:
+        return
+    ident = id(perm)
+    ref = weakref.ref(perm, lambda _, ident=ident: _CHECKED.pop(ident, None))
+    _CHECKED[ident] = (ref, *key)
+
+
 def check_permutation(perm: torch.Tensor, channels: int) -> None:
-    """Raise unless ``perm`` is an int64 ``[channels]`` permutation of ``0..channels-1``."""
+    """Raise unless ``perm`` is an int64 ``[channels]`` permutation of ``0..channels-1``.
+
+    The values are sort-checked on CPU once per unchanged tensor (see ``_CHECKED``)."""
     if not isinstance(perm, torch.Tensor) or perm.dtype != torch.int64:
         raise TypeError(f"perm must be an int64 tensor, got {getattr(perm, 'dtype', type(perm).__name__)}")
     if perm.shape != (channels,):
@@ -38,8 +76,11 @@ def check_permutation(perm: torch.Tensor, channels: int) -> None:
     # on GPU this check would cost a host sync per call (the kernels guard their loads
     # instead); under torch.compile it is data-dependent
     if perm.device.type == "cpu" and not torch.compiler.is_compiling():
+        if _already_checked(perm, channels):
+            return
         if not torch.equal(torch.sort(perm).values, torch.arange(channels)):
             raise ValueError("perm must be a permutation of 0..C-1 (each channel exactly once)")
+        _remember_checked(perm, channels)
 
 
 def affine_coupling(x, a, g, b, perm, clamp=2.0, a_scale=0.1, reverse=False, backend="auto",
@@ -53,8 +94,15 @@ def affine_coupling(x, a, g, b, perm, clamp=2.0, a_scale=0.1, reverse=False, bac
     would make them NaN through ``0 * inf``).  The log-det depends on ``a`` and ``g`` only.
     Every backend follows this, forward and reverse.
 
+    Two layouts: images ``x [B, C, H, W]`` (log-det summed over channels and pixels) and 1-D
+    fibres ``x [N, C]`` (CFLOW's flows; log-det summed over the channels of each row, the
+    same function as the ``[N, C, 1, 1]`` view).  The Triton kernels and the CUDA kernel of
+    the cpp backend take 4-D inputs only (declared limits: ``auto`` passes 2-D inputs on to
+    the next backend, an explicit request raises naming the limit).
+
     Args:
-        x: ``[B, C, H, W]`` (C >= 2).  a: ``[B, 2*(C//2), H, W]`` raw subnet output.
+        x: ``[B, C, H, W]`` or ``[N, C]`` (C >= 2).  a: raw subnet output, ``[B, 2*(C//2),
+            H, W]`` or ``[N, 2*(C//2)]``.
         g, b: ``[C]`` activated global scale (> 0; checked on CPU) and offset.
         perm: ``[C]`` int64 tensor on x's device, or a list/tuple of ints; a permutation
             of ``0..C-1`` (checked on CPU; on GPU a bad entry yields NaN, never a bad read).
@@ -64,18 +112,19 @@ def affine_coupling(x, a, g, b, perm, clamp=2.0, a_scale=0.1, reverse=False, bac
             returned (``None``); a backend declaring the ``compute_logdet`` option (cpp)
             then skips its reduction, the others compute it and drop it.
     Returns:
-        ``(y [B, C, H, W], logdet [B])``, or ``(y, None)`` with ``compute_logdet=False``.
+        ``(y, logdet)``: y of x's shape, logdet ``[B]`` (``[N]``); or ``(y, None)`` with
+        ``compute_logdet=False``.
     """
     check_float("x", x)
-    if x.dim() != 4:
-        raise ValueError(f"affine_coupling: x must be 4-D [B, C, H, W], got shape {tuple(x.shape)}")
-    bsz, c, h, w = x.shape
+    if x.dim() not in (2, 4):
+        raise ValueError(f"affine_coupling: x must be 4-D [B, C, H, W] or 2-D [N, C], got shape {tuple(x.shape)}")
+    bsz, c = x.shape[:2]
     if c < 2:
         raise ValueError(f"affine_coupling: x needs at least 2 channels to split, got C={c}")
     for n, t in (("a", a), ("g", g), ("b", b)):
         check_float(n, t)
         check_same(n, t, "x", x)
-    want = (bsz, 2 * (c // 2), h, w)
+    want = (bsz, 2 * (c // 2), *x.shape[2:])
     if tuple(a.shape) != want:
         raise ValueError(f"affine_coupling: a must have shape {list(want)} (2*(C//2) channels), got {tuple(a.shape)}")
     for n, t in (("g", g), ("b", b)):
@@ -92,8 +141,8 @@ def affine_coupling(x, a, g, b, perm, clamp=2.0, a_scale=0.1, reverse=False, bac
     a_scale = check_number("affine_coupling", "a_scale", a_scale)
     check_flag("affine_coupling", "reverse", reverse)
     check_flag("affine_coupling", "compute_logdet", compute_logdet)
-    # perm is an index vector here: the gather kernels' permutation
-    _, impl, options = OP.select(backend, x.device, x.dtype, permutation="hard")
+    # perm is an index vector here: the gather kernels' permutation; ndim: 4-D-only limits
+    _, impl, options = OP.select(backend, x.device, x.dtype, permutation="hard", ndim=x.dim())
     with autocast_off(x.device):
         if compute_logdet:
             return impl(x, a, g, b, perm, clamp, a_scale, reverse)

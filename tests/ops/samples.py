@@ -156,15 +156,27 @@ COUPLING_CASES = [
     ("2x13x9x7", (2, 13, 9, 7), 3.0, "contiguous", 2.0, 0.1, False),
     ("1x72x16x16", (1, 72, 16, 16), 3.0, "contiguous", 2.0, 0.1, False),
     ("2x33x6x7", (2, 33, 6, 7), 3.0, "contiguous", 2.0, 0.1, False),
+    # 1-D fibres x [N, C] (CFLOW's layout); "tiny" ones reach the Triton interpreter, where
+    # the declared 4-D-only limit must refuse them (test_affine_coupling.py)
+    ("fib1x2", (1, 2), 8.0, "contiguous", 2.0, 0.1, True),
+    ("fib7x3", (7, 3), 8.0, "contiguous", 2.0, 0.1, True),
+    ("fib-strided", (5, 9), 8.0, "strided", 2.0, 0.1, True),
+    ("fib13x10", (13, 10), 3.0, "contiguous", 1.5, 0.3, False),
+    ("fib33x65", (33, 65), 3.0, "contiguous", 2.0, 0.1, False),
+    ("fib1x255", (1, 255), 3.0, "contiguous", 2.0, 0.1, False),
+    # several grad_g/grad_b partial rows (blocks of fibres) and T-to-double flushes in the cpp kernel
+    ("fib301x41", (301, 41), 3.0, "contiguous", 1.9, 0.1, False),
+    ("fib-strided67x21", (67, 21), 3.0, "strided", 1.9, 0.1, False),
 ]
 
 
 def coupling_inputs(shape, dtype=F32, device="cpu", a_std=3.0, seed=0):
-    """x, raw subnet output a, g > 0, b, perm (contiguous)."""
+    """x, raw subnet output a, g > 0, b, perm (contiguous); ``shape`` is ``(B, C, H, W)``
+    or ``(N, C)`` (fibres)."""
     gen = _gen(seed)
-    bsz, c, h, w = shape
-    x = _randn(gen, bsz, c, h, w)
-    a = _randn(gen, bsz, 2 * (c // 2), h, w, std=a_std)
+    bsz, c, *spatial = shape
+    x = _randn(gen, bsz, c, *spatial)
+    a = _randn(gen, bsz, 2 * (c // 2), *spatial, std=a_std)
     g = 0.5 + torch.rand(c, generator=gen)
     b = _randn(gen, c)
     perm = torch.randperm(c, generator=gen)
@@ -172,13 +184,20 @@ def coupling_inputs(shape, dtype=F32, device="cpu", a_std=3.0, seed=0):
 
 
 def _strided_coupling(x, a, g, b, perm):
-    """The same values as views: x a channel slice of a wider channels-last tensor, a with
-    transposed storage, g, b and perm strided."""
-    bsz, c, h, w = x.shape
-    x_nc = torch.zeros(bsz, c + 3, h, w, dtype=x.dtype, device=x.device).contiguous(
-        memory_format=torch.channels_last)[:, 2:2 + c]
-    x_nc.copy_(x)
-    a_nc = a.transpose(2, 3).contiguous().transpose(2, 3)
+    """The same values as views: x a channel slice of a wider channels-last tensor (fibres:
+    of a wider [N, C + 3], so rows have gaps), a with transposed storage, g, b and perm
+    strided."""
+    if x.dim() == 2:
+        n, c = x.shape
+        x_nc = torch.zeros(n, c + 3, dtype=x.dtype, device=x.device)[:, 2:2 + c]
+        x_nc.copy_(x)
+        a_nc = a.t().contiguous().t()
+    else:
+        bsz, c, h, w = x.shape
+        x_nc = torch.zeros(bsz, c + 3, h, w, dtype=x.dtype, device=x.device).contiguous(
+            memory_format=torch.channels_last)[:, 2:2 + c]
+        x_nc.copy_(x)
+        a_nc = a.transpose(2, 3).contiguous().transpose(2, 3)
     g_nc = torch.stack([g, g + 1], 1)[:, 0]
     b_nc = torch.stack([b - 1, b], 1)[:, 1]
     perm_nc = torch.stack([perm, perm], 1)[:, 1]
@@ -200,7 +219,7 @@ def affine_coupling_samples(device, dtype, backend=None, names=None):
             dl = _randn(gen, shape[0]).to(device=device, dtype=dtype)
             if layout == "strided":
                 x, a, g, b, perm = _strided_coupling(x, a, g, b, perm)
-                dy = dy[:, :, :1].expand(shape)  # a stride-0 gradient
+                dy = (dy[:, :, :1] if len(shape) == 4 else dy[:, :1]).expand(shape)  # a stride-0 gradient
 
             def build(ts, perm=perm, clamp=clamp, a_scale=a_scale, reverse=reverse):
                 return (*ts, perm), dict(clamp=clamp, a_scale=a_scale, reverse=reverse)

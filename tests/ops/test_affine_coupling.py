@@ -4,6 +4,10 @@ Truths: ``dadf_fast.reference.affine_coupling`` (FrEIA semantics, the permutatio
 gather), itself checked against FrEIA 0.2's ``AllInOneBlock``, a brute-force Jacobian and the
 permutation's definition.  Random inputs: tests/ops/test_fuzz_valid.py.
 """
+import gc
+import importlib
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -20,9 +24,20 @@ NAMES = ("y", "logdet", "dx", "da", "dg", "db")
 CPU_F32 = backend_params(OP, devices=("cpu",), dtypes=(F32,))
 
 
+# (backend, device) whose kernels take 4-D inputs only: each declares it, so a 2-D fibre
+# sample must raise BackendUnavailable with the limit's words (auto passes such inputs on)
+FOUR_D_ONLY = {("triton", "cpu"), ("triton", "cuda"), ("cpp", "cuda")}
+FOUR_D_ONLY_WORDS = "4-D [B, C, H, W] inputs only"
+
+
 @pytest.mark.parametrize("backend,device,dtype,name", sample_params(OP))
 def test_matches_reference(backend, device, dtype, name):
     s = sample(OP, name, device, dtype, backend)
+    if s.tensors[0].dim() == 2 and (backend, device) in FOUR_D_ONLY:
+        args, kw = s.build(s.tensors)
+        with pytest.raises(BackendUnavailable, match=re.escape(FOUR_D_ONLY_WORDS) + r".*\(got .*ndim=2\)"):
+            ops.affine_coupling(*args, **kw, backend=backend)
+        return
     y, _ = check_against_reference(OP, backend, dtype, s, NAMES)
     assert y[0].is_contiguous()
 
@@ -40,7 +55,7 @@ def test_reverse_inverts_forward_and_negates_logdet(backend, device, dtype):
 
 @pytest.mark.parametrize("backend,device,dtype", backend_params(OP, devices=("cpu",), dtypes=(F64,)))
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("shape", [(2, 5, 3, 4), (1, 2, 2, 1), (3, 4, 1, 3)])
+@pytest.mark.parametrize("shape", [(2, 5, 3, 4), (1, 2, 2, 1), (3, 4, 1, 3), (5, 7), (1, 2), (70, 3)])
 def test_gradcheck(backend, device, dtype, reverse, shape):
     x, a, g, b, perm = coupling_inputs(shape, dtype, a_std=2.0)
     inputs = [t.clone().requires_grad_() for t in (x, a, g, b)]
@@ -96,6 +111,140 @@ def test_without_logdet_has_gradients(backend):
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize("backend", [b for b in LOGDET_BACKENDS if b != "triton"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_fibres_without_logdet_same_y(backend, reverse):
+    x, a, g, b, perm = coupling_inputs((11, 9), seed=2)
+    y, ld = ops.affine_coupling(x, a, g, b, perm, reverse=reverse, backend=backend)
+    y2, none = ops.affine_coupling(x, a, g, b, perm, reverse=reverse, backend=backend, compute_logdet=False)
+    assert ld.shape == (11,) and none is None
+    torch.testing.assert_close(y2, y, atol=0, rtol=0)
+
+
+# ------------------------------------------------------------------ fibres [N, C]
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp", "auto"])
+def test_fibre_logdet_is_per_row_sum_over_channels(require_backend, backend):
+    """Hand-computed: C = 2, one coupled channel: logdet[n] = clamp*tanh(a_scale*a[n, 0]) +
+    log g0 + log g1; y[n] = perm of (x0*g0 + b0, (x1*exp(s) + a_scale*a[n, 1])*g1 + b1)."""
+    require_backend(backend)
+    x = torch.tensor([[1.0, 2.0], [-1.0, 0.5]], dtype=F64)
+    a = torch.tensor([[3.0, 4.0], [-2.0, 1.0]], dtype=F64)
+    g, b = torch.tensor([2.0, 0.75], dtype=F64), torch.tensor([0.25, -1.0], dtype=F64)
+    perm = torch.tensor([1, 0])
+    y, ld = ops.affine_coupling(x, a, g, b, perm, clamp=2.0, a_scale=0.1, backend=backend)
+    for n in range(2):
+        s = 2.0 * np.tanh(0.1 * a[n, 0].item())
+        y1 = (x[n, 1].item() * np.exp(s) + 0.1 * a[n, 1].item()) * 0.75 - 1.0
+        y0 = x[n, 0].item() * 2.0 + 0.25
+        assert y[n].tolist() == pytest.approx([y1, y0], abs=1e-12)
+        assert ld[n].item() == pytest.approx(s + np.log(2.0) + np.log(0.75), abs=1e-12)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_cpp_fibres_equal_the_one_pixel_image_view(require_backend, reverse):
+    """x [N, C] and its [N, C, 1, 1] view run the same fibre kernel: bitwise equal results."""
+    require_backend("cpp")
+    x, a, g, b, perm = coupling_inputs((37, 19), seed=3)
+    dy, dl = torch.randn(37, 19), torch.randn(37)
+    out = []
+    for view in (lambda t: t, lambda t: t[..., None, None]):
+        ins = [t.clone().requires_grad_() for t in (x, a, g, b)]
+        y, ld = ops.affine_coupling(view(ins[0]), view(ins[1]), *ins[2:], perm, reverse=reverse, backend="cpp")
+        grads = torch.autograd.grad((y.reshape(37, 19) * dy).sum() + (ld * dl).sum(), ins)
+        out.append((y.reshape(37, 19), ld, *grads))
+    for p, q in zip(*out):
+        assert torch.equal(p, q)
+
+
+def test_auto_runs_fibres_on_cpp_and_refuses_them_on_4d_only_backends(require_backend):
+    require_backend("cpp")
+    assert ops.selected_backend(OP, "auto", "cpu", F32, permutation="hard", ndim=2) == "cpp"
+    # the 4-D-only declarations, read on any machine (their devices need not be present here)
+    from dadf_fast.kernels.registry import DECLARATIONS
+    from dadf_fast.kernels.spec import Call
+
+    for backend, device in sorted(FOUR_D_ONLY):
+        limits = DECLARATIONS[backend].support(OP).limits
+        for ndim, refused in ((2, True), (4, False)):
+            reasons = [lim.reason(Call(OP, device, F32, (("permutation", "hard"), ("ndim", ndim)))) for lim in limits]
+            assert any(r and FOUR_D_ONLY_WORDS in r for r in reasons) == refused, (backend, device, ndim, reasons)
+    cpu_cpp = [lim.reason(Call(OP, "cpu", F32, (("ndim", 2),))) for lim in DECLARATIONS["cpp"].support(OP).limits]
+    assert cpu_cpp == [None] * len(cpu_cpp)
+
+
+# ------------------------------------------------------------------ perm validated once
+
+
+@pytest.fixture
+def count_sorts(monkeypatch):
+    """Counts the op's sort-checks of perm (torch.sort calls)."""
+    calls = []
+    real = torch.sort
+
+    def counting(*args, **kw):
+        calls.append(1)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(torch, "sort", counting)
+    return calls
+
+
+def test_unchanged_perm_is_checked_once(count_sorts):
+    x, a, g, b, perm = coupling_inputs((3, 6), seed=4)
+    for _ in range(3):
+        ops.affine_coupling(x, a, g, b, perm, backend="torch")
+    assert len(count_sorts) == 1
+    ops.affine_coupling(x, a, g, b, perm.clone(), backend="torch")  # another tensor: checked
+    assert len(count_sorts) == 2
+
+
+def test_modified_perm_is_checked_again(count_sorts):
+    x, a, g, b, _ = coupling_inputs((3, 6), seed=4)
+    perm = torch.tensor([2, 0, 1, 5, 4, 3])
+    y0, _ = ops.affine_coupling(x, a, g, b, perm, backend="torch")
+    perm[0], perm[1] = 0, 2  # still a permutation: checked again, and used
+    y1, _ = ops.affine_coupling(x, a, g, b, perm, backend="torch")
+    assert len(count_sorts) == 2
+    torch.testing.assert_close(y1[:, 0], y0[:, 1], atol=0, rtol=0)
+    perm[3] = 0  # channel 0 twice
+    with pytest.raises(ValueError, match="perm must be a permutation"):
+        ops.affine_coupling(x, a, g, b, perm, backend="torch")
+    view = perm[:]  # a write through a view bumps the shared version counter
+    perm[3] = 5
+    ops.affine_coupling(x, a, g, b, perm, backend="torch")
+    view[4] = 5
+    with pytest.raises(ValueError, match="perm must be a permutation"):
+        ops.affine_coupling(x, a, g, b, perm, backend="torch")
+
+
+def test_a_freed_perm_leaves_no_verdict_behind():
+    """A verdict dies with its tensor, so a new tensor that reuses the id (and even the
+    memory) is checked on its own."""
+    op_module = importlib.import_module("dadf_fast.ops.affine_coupling")  # the name is the function
+
+    x, a, g, b, _ = coupling_inputs((2, 4), seed=5)
+    perm = torch.tensor([3, 1, 0, 2])
+    ops.affine_coupling(x, a, g, b, perm, backend="torch")
+    key = id(perm)
+    assert key in op_module._CHECKED
+    del perm
+    gc.collect()
+    assert key not in op_module._CHECKED
+    with pytest.raises(ValueError, match="perm must be a permutation"):
+        ops.affine_coupling(x, a, g, b, torch.tensor([3, 3, 0, 2]), backend="torch")
+
+
+def test_inference_tensor_perm_is_checked_every_call(count_sorts):
+    x, a, g, b, _ = coupling_inputs((2, 4), seed=5)
+    with torch.inference_mode():
+        perm = torch.tensor([3, 1, 0, 2])
+    for _ in range(2):
+        ops.affine_coupling(x, a, g, b, perm, backend="torch")
+    assert len(count_sorts) == 2
+
+
 # ------------------------------------------------------------------ determinism
 
 DETERMINISM_SHAPE = {"triton": (2, 10, 5, 3), "cpp": (3, 40, 33, 31)}  # several blocks per sample
@@ -120,6 +269,29 @@ def test_deterministic_bitwise(backend, device, dtype):
         torch.set_num_threads(old)
     for r1, r2 in zip(*results):
         assert torch.equal(r1, r2)
+
+
+def test_cpp_fibres_deterministic_bitwise(require_backend):
+    """Fibres: dg/db are summed per block of fibres (a size set by the shape) in a fixed
+    order, so 1 and 2 threads agree bit for bit (2000 x 41: several blocks, several tasks)."""
+    require_backend("cpp")
+    x, a, g, b, perm = coupling_inputs((2000, 41), a_std=8.0)
+    gy, gl = torch.randn_like(x), torch.randn(2000)
+    results = []
+    old = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            for reverse in (False, True):
+                ins = [t.clone().requires_grad_() for t in (x, a, g, b)]
+                y, ld = ops.affine_coupling(*ins, perm, reverse=reverse, backend="cpp")
+                gr = torch.autograd.grad((y * gy).sum() + (ld * gl).sum(), ins)
+                results.append((y, ld) + tuple(gr))
+    finally:
+        torch.set_num_threads(old)
+    for r1, r2 in zip(results[:2], results[2:]):
+        for p, q in zip(r1, r2):
+            assert torch.equal(p, q)
 
 
 # ------------------------------------------------------------------ against FrEIA
@@ -226,6 +398,14 @@ def test_opcheck_cpp(require_backend):
                           (torch.randn_like(x), torch.randn(2, dtype=x.dtype), x, a, g, b, perm, 2.0, 0.1, False))
     torch.library.opcheck(ops_.affine_coupling_bwd.default,
                           (torch.randn_like(x), None, x, a, g, b, perm, 2.0, 0.1, True))
+    # fibres [N, C]
+    x, a, g, b, perm = coupling_inputs((7, 5), F64)
+    grad_inputs = [t.clone().requires_grad_() for t in (x, a, g, b)]
+    for reverse in (False, True):
+        torch.library.opcheck(ops_.affine_coupling_fwd.default, (*grad_inputs, perm, 2.0, 0.1, reverse, True))
+    torch.library.opcheck(ops_.affine_coupling_fwd.default, (x, a, g, b, perm, 2.0, 0.1, True, False))
+    torch.library.opcheck(ops_.affine_coupling_bwd.default,
+                          (torch.randn_like(x), torch.randn(7, dtype=x.dtype), x, a, g, b, perm, 2.0, 0.1, True))
 
 
 def test_opcheck_triton(require_backend):
@@ -257,6 +437,34 @@ def test_torch_compile_fullgraph(backend, device, dtype):
 
     torch._dynamo.reset()
     compiled = torch.compile(step, fullgraph=True, backend="inductor" if device == "cuda" else "aot_eager")
+    leaves = [t.detach().requires_grad_() for t in (x, a, g, b)]
+    loss = compiled(*leaves, perm)
+    grads = torch.autograd.grad(loss, leaves)
+    leaves_e = [t.detach().requires_grad_() for t in (x, a, g, b)]
+    loss_e = step(*leaves_e, perm)
+    grads_e = torch.autograd.grad(loss_e, leaves_e)
+    torch.testing.assert_close(loss, loss_e, rtol=1e-5, atol=1e-5)
+    for p, q in zip(grads, grads_e):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()
+
+
+def test_torch_compile_fullgraph_fibres(require_backend):
+    """x [N, C] through the cpp op inside ``torch.compile(fullgraph=True)`` (the fake kernel
+    takes 2-D), forward, inverse and gradients against eager."""
+    require_backend("cpp")
+    import torch._dynamo
+
+    x, a, g, b, perm = coupling_inputs((9, 7), seed=6)
+    assert ops.selected_backend(OP, "cpp", "cpu", F32, permutation="hard", ndim=2) == "cpp"
+
+    def step(x, a, g, b, perm):
+        y, ld = ops.affine_coupling(x, a, g, b, perm, backend="cpp")
+        z, ld2 = ops.affine_coupling(y, a, g, b, perm, reverse=True, backend="cpp")
+        return 0.5 * (y * y).sum() - ld.sum() + (z * z).sum() + ld2.sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
     leaves = [t.detach().requires_grad_() for t in (x, a, g, b)]
     loss = compiled(*leaves, perm)
     grads = torch.autograd.grad(loss, leaves)

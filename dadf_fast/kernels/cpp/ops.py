@@ -34,7 +34,8 @@ _ops = torch.ops.dadf_fast
 
 @torch.library.register_fake("dadf_fast::affine_coupling_fwd")
 def _affine_coupling_fwd_fake(x, a, g, b, perm, clamp, a_scale, reverse, compute_logdet):
-    torch._check(x.dim() == 4, lambda: f"affine_coupling_fwd: x must be 4-D, got {x.dim()}-D")
+    # 4-D images or 2-D fibres [N, C] (the CPU kernel; the CUDA kernel rejects 2-D at run time)
+    torch._check(x.dim() in (2, 4), lambda: f"affine_coupling_fwd: x must be 4-D or 2-D, got {x.dim()}-D")
     y = x.new_empty(x.shape)
     logdet = x.new_empty((x.shape[0],) if compute_logdet else (0,))
     return y, logdet

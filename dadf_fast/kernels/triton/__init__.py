@@ -66,6 +66,13 @@ HEAD_DIM = Limit(
     ("head_dim",),
     lambda call: call.get("head_dim") > MAX_HEAD_DIM,
 )
+# the coupling kernel tiles [B, C, P] rows of P = H*W pixels; a 2-D [N, C] input would be
+# P = 1, a degenerate tiling (one element per program row), so it is declared, not run
+COUPLING_4D_ONLY = Limit(
+    "affine_coupling: 4-D [B, C, H, W] inputs only (2-D [N, C] fibres run on the cpp or torch backend)",
+    ("ndim",),
+    lambda call: call.get("ndim") != 4,
+)
 
 BACKEND = Backend(
     name="triton",
@@ -75,6 +82,6 @@ BACKEND = Backend(
         OpSupport("dual_attention", "dadf_fast.kernels.triton.dual_attention:dual_attention_triton",
                   limits=(FLOAT_DTYPES, INTERPRETER_NO_BFLOAT16, HEAD_DIM)),
         OpSupport("affine_coupling", "dadf_fast.kernels.triton.affine_coupling:affine_coupling_triton",
-                  limits=(SOFT_PERMUTATION, FLOAT_DTYPES, INTERPRETER_NO_BFLOAT16)),
+                  limits=(SOFT_PERMUTATION, FLOAT_DTYPES, INTERPRETER_NO_BFLOAT16, COUPLING_4D_ONLY)),
     ),
 )

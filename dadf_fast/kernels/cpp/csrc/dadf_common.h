@@ -36,10 +36,18 @@ inline void check_like(const at::Tensor& t, const at::Tensor& ref, const char* o
 }
 
 // Validates the affine-coupling arguments; returns nothing, throws on any inconsistency.
+// allow_fibres: the kernel also takes 2-D fibres x [N, C] with a [N, 2*(C//2)] (CPU only;
+// the CUDA kernel takes 4-D inputs).
 inline void check_coupling_args(const char* op, const at::Tensor& x, const at::Tensor& a, const at::Tensor& g,
-                                const at::Tensor& b, const at::Tensor& perm, double clamp) {
+                                const at::Tensor& b, const at::Tensor& perm, double clamp,
+                                bool allow_fibres = false) {
   check_floating(x, op, "x");
-  TORCH_CHECK_VALUE(x.dim() == 4, op, ": x must be 4-D [B, C, H, W], got ", x.dim(), "-D shape ", x.sizes());
+  if (allow_fibres) {
+    TORCH_CHECK_VALUE(x.dim() == 4 || x.dim() == 2, op, ": x must be 4-D [B, C, H, W] or 2-D [N, C], got ", x.dim(),
+                      "-D shape ", x.sizes());
+  } else {
+    TORCH_CHECK_VALUE(x.dim() == 4, op, ": x must be 4-D [B, C, H, W], got ", x.dim(), "-D shape ", x.sizes());
+  }
   const int64_t C = x.size(1);
   TORCH_CHECK_VALUE(C >= 2, op, ": x needs at least 2 channels to split, got C=", C);
   check_floating(a, op, "a");
@@ -48,10 +56,15 @@ inline void check_coupling_args(const char* op, const at::Tensor& x, const at::T
   check_like(a, x, op, "a", "x");
   check_like(g, x, op, "g", "x");
   check_like(b, x, op, "b", "x");
-  TORCH_CHECK_VALUE(a.dim() == 4 && a.size(0) == x.size(0) && a.size(1) == 2 * (C / 2) &&
-                        a.size(2) == x.size(2) && a.size(3) == x.size(3),
-                    op, ": a must have shape [", x.size(0), ", ", 2 * (C / 2), ", ", x.size(2), ", ", x.size(3),
-                    "] (2*(C//2) channels), got ", a.sizes());
+  if (x.dim() == 2) {
+    TORCH_CHECK_VALUE(a.dim() == 2 && a.size(0) == x.size(0) && a.size(1) == 2 * (C / 2), op, ": a must have shape [",
+                      x.size(0), ", ", 2 * (C / 2), "] (2*(C//2) channels), got ", a.sizes());
+  } else {
+    TORCH_CHECK_VALUE(a.dim() == 4 && a.size(0) == x.size(0) && a.size(1) == 2 * (C / 2) &&
+                          a.size(2) == x.size(2) && a.size(3) == x.size(3),
+                      op, ": a must have shape [", x.size(0), ", ", 2 * (C / 2), ", ", x.size(2), ", ", x.size(3),
+                      "] (2*(C//2) channels), got ", a.sizes());
+  }
   TORCH_CHECK_VALUE(g.dim() == 1 && g.size(0) == C, op, ": g must have shape [", C, "], got ", g.sizes());
   TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == C, op, ": b must have shape [", C, "], got ", b.sizes());
   TORCH_CHECK_TYPE(perm.scalar_type() == at::kLong, op, ": perm must be an int64 tensor, got ", perm.scalar_type());
