@@ -418,63 +418,55 @@ def test_opcheck_triton(require_backend):
         torch.library.opcheck(torch.ops.dadf_fast_triton.affine_coupling.default, (*ins, perm, 2.0, 0.1, reverse))
 
 
-@pytest.mark.parametrize("backend,device,dtype", backend_params(OP, backends=("triton", "cpp"), dtypes=(F32,)))
-def test_torch_compile_fullgraph(backend, device, dtype):
-    """``ops.affine_coupling(backend=...)`` forward and inverse inside
-    ``torch.compile(fullgraph=True)`` (the custom op's fake kernel and registered autograd);
-    ``aot_eager`` on CPU (Inductor's C++ code generation is slow on a 2-core machine)."""
+def _compile_matches_eager(backend, x, a, g, b, perm, compiler):
+    """A forward + inverse step through ``ops.affine_coupling(backend=...)`` compiled with
+    ``fullgraph=True`` gives eager's loss and gradients."""
     import torch._dynamo
-
-    x, a, g, b, perm = coupling_inputs((2, 5, 5, 3), dtype, device)
-    # resolve the backend eagerly: the dispatcher's lazy loader imports the kernel module on
-    # first use, and Dynamo does not trace importlib
-    assert ops.selected_backend(OP, backend, device, dtype) == backend
 
     def step(x, a, g, b, perm):
         y, ld = ops.affine_coupling(x, a, g, b, perm, backend=backend)
         z, ld2 = ops.affine_coupling(y, a, g, b, perm, reverse=True, backend=backend)
         return 0.5 * (y * y).sum() - ld.sum() + (z * z).sum() + ld2.sum()
 
-    torch._dynamo.reset()
-    compiled = torch.compile(step, fullgraph=True, backend="inductor" if device == "cuda" else "aot_eager")
-    leaves = [t.detach().requires_grad_() for t in (x, a, g, b)]
-    loss = compiled(*leaves, perm)
-    grads = torch.autograd.grad(loss, leaves)
+    # eager first: it also resolves the backend (the dispatcher's first resolution may import
+    # the kernel module, which Dynamo does not trace; later calls are a cache lookup)
     leaves_e = [t.detach().requires_grad_() for t in (x, a, g, b)]
     loss_e = step(*leaves_e, perm)
     grads_e = torch.autograd.grad(loss_e, leaves_e)
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True, backend=compiler)
+    leaves = [t.detach().requires_grad_() for t in (x, a, g, b)]
+    loss = compiled(*leaves, perm)
+    grads = torch.autograd.grad(loss, leaves)
     torch.testing.assert_close(loss, loss_e, rtol=1e-5, atol=1e-5)
     for p, q in zip(grads, grads_e):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-5)
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("backend,device,dtype", backend_params(OP, backends=("triton", "cpp"), dtypes=(F32,)))
+def test_torch_compile_fullgraph(backend, device, dtype):
+    """``ops.affine_coupling(backend=...)`` forward and inverse inside
+    ``torch.compile(fullgraph=True)`` (the custom op's fake kernel and registered autograd);
+    ``aot_eager`` on CPU (Inductor's C++ code generation is slow on a 2-core machine)."""
+
+    x, a, g, b, perm = coupling_inputs((2, 5, 5, 3), dtype, device)
+    # resolve the backend eagerly: the dispatcher's lazy loader imports the kernel module on
+    # first use, and Dynamo does not trace importlib
+    assert ops.selected_backend(OP, backend, device, dtype) == backend
+
+    _compile_matches_eager(backend, x, a, g, b, perm, "inductor" if device == "cuda" else "aot_eager")
 
 
 def test_torch_compile_fullgraph_fibres(require_backend):
     """x [N, C] through the cpp op inside ``torch.compile(fullgraph=True)`` (the fake kernel
     takes 2-D), forward, inverse and gradients against eager."""
     require_backend("cpp")
-    import torch._dynamo
 
     x, a, g, b, perm = coupling_inputs((9, 7), seed=6)
     assert ops.selected_backend(OP, "cpp", "cpu", F32, permutation="hard", ndim=2) == "cpp"
 
-    def step(x, a, g, b, perm):
-        y, ld = ops.affine_coupling(x, a, g, b, perm, backend="cpp")
-        z, ld2 = ops.affine_coupling(y, a, g, b, perm, reverse=True, backend="cpp")
-        return 0.5 * (y * y).sum() - ld.sum() + (z * z).sum() + ld2.sum()
-
-    torch._dynamo.reset()
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
-    leaves = [t.detach().requires_grad_() for t in (x, a, g, b)]
-    loss = compiled(*leaves, perm)
-    grads = torch.autograd.grad(loss, leaves)
-    leaves_e = [t.detach().requires_grad_() for t in (x, a, g, b)]
-    loss_e = step(*leaves_e, perm)
-    grads_e = torch.autograd.grad(loss_e, leaves_e)
-    torch.testing.assert_close(loss, loss_e, rtol=1e-5, atol=1e-5)
-    for p, q in zip(grads, grads_e):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-5)
-    torch._dynamo.reset()
+    _compile_matches_eager("cpp", x, a, g, b, perm, "aot_eager")
 
 
 # ------------------------------------------------------------------ the reference

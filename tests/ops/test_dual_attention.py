@@ -147,6 +147,9 @@ def test_torch_compile_fullgraph_dual_block(backend, device, dtype):
     ref = _dual_block(40, 2, "torch")
     ref.load_state_dict(blk.state_dict())
     x, m = torch.randn(1, 17, 40), torch.randn(1, 17, 40)
+    # an eager call first resolves the backend (its first resolution may import the kernel
+    # module, which Dynamo does not trace); traced calls then find it in the dispatch cache
+    blk(x, m)
     cx, cm = torch.compile(blk, fullgraph=True, backend="aot_eager")(x, m)
     rx, rm = ref(x, m)
     torch.testing.assert_close(cx, rx, atol=1e-4, rtol=1e-4)
