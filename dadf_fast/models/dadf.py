@@ -13,7 +13,7 @@ from dadf_fast import ops
 from dadf_fast.kernels.registry import BACKEND_NAMES
 from dadf_fast.utils.precision import autocast_off
 from dadf_fast.utils.io import atomic_torch_save
-from dadf_fast.nn import FLOW_NORMS, FlowStage, Reconstructor, reconstruction_loss
+from dadf_fast.nn import FLOW_NORMS, FLOW_SUBNETS, FlowStage, Reconstructor, reconstruction_loss
 from dadf_fast.models.backbone import Backbone
 from dadf_fast.models.checkpoint import CheckpointError, first_nonfinite, read_checkpoint_file, state_dict_mismatch
 from dadf_fast.models.inputs import (
@@ -45,7 +45,10 @@ CHECKPOINT_VERSION = 1
 BACKENDS = ("auto",) + BACKEND_NAMES
 # the config entries that decide the weights' names and shapes (and clamp, what they mean),
 # named in errors about weights that do not fit
-ARCH_KEYS = ("backbone", "input_size", "embed_dim", "depth", "num_heads", "flow_steps", "flow_norm", "clamp")
+ARCH_KEYS = ("backbone", "input_size", "embed_dim", "depth", "num_heads", "flow_steps", "flow_norm", "flow_subnet",
+             "flow_input", "clamp")
+# what the flows see: DADF's cat(F, R_l, R_g), or the backbone features alone (FastFlow's input)
+FLOW_INPUTS = ("concat", "features")
 
 
 def _check_backend(backend) -> str:
@@ -82,6 +85,9 @@ class DADF(nn.Module):
         backend: ``"auto"``, ``"torch"`` (the reference computation), ``"triton"``, ``"cpp"``.
         flow_norm: the flows' input normalisation, ``"image"`` (DADF's ``LayerNorm([C, H, W])``)
             or ``"channel"`` (per position over channels; the lite preset's, docs/accuracy.md).
+        flow_subnet: the coupling subnets, ``"depthwise"`` (DADF's) or ``"conv"`` (FastFlow's full
+            3x3/1x1 convolutions).  flow_input: ``"concat"`` (DADF's ``cat(F, R_l, R_g)``) or
+            ``"features"`` (the backbone features alone; the reconstructions then enter the score only).
         dtype: compute precision, ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``
             (also ``"bf16"``/``"fp16"``): mixed precision through ``torch.autocast`` for the
             backbone, the transformer blocks and the flow subnets, while the weights, the
@@ -109,13 +115,15 @@ class DADF(nn.Module):
                  input_size: int = 256, embed_dim: int | None = None, depth: int | None = None,
                  num_heads: int | None = None, flow_steps: int | None = None, clamp: float = 2.0,
                  backend: str = "auto", backbone_weights: str | None = None, score_scales=None,
-                 smooth_sigma: float | None = None, flow_norm: str | None = None, dtype="float32"):
+                 smooth_sigma: float | None = None, flow_norm: str | None = None, flow_subnet: str | None = None,
+                 flow_input: str | None = None, dtype="float32"):
         super().__init__()
         if not isinstance(preset, str) or preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
         cfg = dict(PRESETS[preset])
         for key, val in (("backbone", backbone), ("embed_dim", embed_dim), ("depth", depth),
-                         ("num_heads", num_heads), ("flow_steps", flow_steps), ("flow_norm", flow_norm)):
+                         ("num_heads", num_heads), ("flow_steps", flow_steps), ("flow_norm", flow_norm),
+                         ("flow_subnet", flow_subnet), ("flow_input", flow_input)):
             if val is not None:
                 cfg[key] = val
         # the stride-4 map (input_size/4) is cut into 4x4 patches: input_size must be a multiple of 16
@@ -132,6 +140,10 @@ class DADF(nn.Module):
             raise ValueError(f"3*embed_dim must be divisible by 4 for the 2-D position embedding, got {3 * cfg['embed_dim']}")
         if cfg["flow_norm"] not in FLOW_NORMS:
             raise ValueError(f"flow_norm must be one of {FLOW_NORMS}, got {cfg['flow_norm']!r}")
+        if cfg["flow_subnet"] not in FLOW_SUBNETS:
+            raise ValueError(f"flow_subnet must be one of {FLOW_SUBNETS}, got {cfg['flow_subnet']!r}")
+        if cfg["flow_input"] not in FLOW_INPUTS:
+            raise ValueError(f"flow_input must be one of {FLOW_INPUTS}, got {cfg['flow_input']!r}")
         compute_dtype = _parse_dtype(dtype)
         preset_scales, preset_sigma = cfg.pop("score_scales"), cfg.pop("smooth_sigma")
         scales = preset_scales if score_scales is None else score_scales
@@ -155,8 +167,10 @@ class DADF(nn.Module):
             self.backbone.channels, sizes, PATCH_SIZES, embed_dim=cfg["embed_dim"], depth=cfg["depth"],
             num_heads=cfg["num_heads"], backend=backend,
         )
+        width = 3 if cfg["flow_input"] == "concat" else 1
         self.flows = nn.ModuleList(
-            FlowStage(3 * c, size, steps=cfg["flow_steps"], clamp=clamp, backend=backend, norm=cfg["flow_norm"])
+            FlowStage(width * c, size, steps=cfg["flow_steps"], clamp=clamp, backend=backend, norm=cfg["flow_norm"],
+                      subnet=cfg["flow_subnet"])
             for c, size in zip(self.backbone.channels, sizes)
         )
 
@@ -213,7 +227,10 @@ class DADF(nn.Module):
         return self.reconstructor(feats)
 
     def flow_inputs(self, feats, local, glob):
-        """``cat(F, R_l, R_g)`` along channels per scale: a list of ``[B, 3 C_s, h_s, w_s]``."""
+        """The flows' inputs per scale: ``cat(F, R_l, R_g)`` along channels, ``[B, 3 C_s, h_s, w_s]``
+        (``flow_input="concat"``), or ``F`` itself (``"features"``)."""
+        if self.config["flow_input"] == "features":
+            return list(feats)
         return [torch.cat((f, rl, rg), dim=1) for f, rl, rg in zip(feats, local, glob)]
 
     def latents(self, feats, local, glob):
@@ -402,7 +419,10 @@ class DADF(nn.Module):
         path = os.fspath(path)
         _check_backend(backend)
         cfg = dict(payload["config"])
-        cfg.setdefault("flow_norm", "image")  # checkpoints written before the option existed
+        # checkpoints written before the options existed
+        cfg.setdefault("flow_norm", "image")
+        cfg.setdefault("flow_subnet", "depthwise")
+        cfg.setdefault("flow_input", "concat")
         accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "pretrained", "backend",
                                                                       "backbone_weights"}
         unknown = sorted(set(cfg) - accepted)

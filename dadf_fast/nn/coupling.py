@@ -115,6 +115,8 @@ def fused_coupling(x, cond, subnet, g, b, perm, perm_inv, clamp, rev, backend, c
         subnet: ``f([N, C - C//2 + sum C_k, *S]) -> [N, 2*(C//2), *S]``.
         g, b: ``[C]`` activated global scale and offset.  perm, perm_inv: int64 ``[C]``.
         rev: the inverse step (``x`` is then the step's output).
+    The op runs with ``validate_args=False``: the calling module validated ``perm`` when it was
+    set or loaded, ``clamp`` at construction, and ``g`` is an activation's output (> 0).
     Returns:
         ``(y [N, C, *S], logdet [N])`` (``logdet`` None with ``compute_logdet=False``).
     """
@@ -131,7 +133,8 @@ def fused_coupling(x, cond, subnet, g, b, perm, perm_inv, clamp, rev, backend, c
         # (exp, log-det) runs on the float32 input
         a = a.to(x.dtype)
     y, logdet = ops.affine_coupling(_op_layout(x), _op_layout(a), g, b, perm, clamp=clamp, a_scale=A_SCALE,
-                                    reverse=rev, backend=backend, compute_logdet=compute_logdet)
+                                    reverse=rev, backend=backend, compute_logdet=compute_logdet,
+                                    validate_args=False)
     return y.view(x.shape), logdet
 
 

@@ -7,6 +7,7 @@ import torch.nn as nn
 
 from dadf_fast import ops
 from dadf_fast.kernels.registry import SOFT_PERMUTATION_REASON, BackendUnavailable
+from dadf_fast.utils.checks import check_number
 from dadf_fast.nn.coupling import (fused_coupling, global_affine_activation, global_affine_raw_init,
                                    hard_permutation_index, permutation_matrix, random_rotation, torch_coupling)
 
@@ -40,6 +41,23 @@ def coupling_subnet(in_channels: int, out_channels: int, kernel_size: int) -> nn
     )
 
 
+def conv_subnet(in_channels: int, out_channels: int, kernel_size: int, hidden_ratio: float = 1.0) -> nn.Sequential:
+    """FastFlow's coupling subnet: full kxk conv to ``hidden_ratio * in_channels`` -> ReLU -> kxk conv.
+
+    Every output position mixes all input channels of its kxk neighbourhood (the depthwise
+    subnet mixes channels only in its 1x1 layer): about ``k^2 * C`` times the depthwise
+    subnet's weights, which small-data flows can afford (docs/accuracy.md)."""
+    hidden = max(1, int(in_channels * hidden_ratio))
+    return nn.Sequential(
+        nn.Conv2d(in_channels, hidden, kernel_size, padding=kernel_size // 2),
+        nn.ReLU(),
+        nn.Conv2d(hidden, out_channels, kernel_size, padding=kernel_size // 2),
+    )
+
+
+FLOW_SUBNETS = ("depthwise", "conv")
+
+
 class AllInOneCoupling(nn.Module):
     """DADF's light coupling step: FrEIA 0.2's ``AllInOneBlock`` function on ``[B, C, H, W]``
     inputs (default global affine ``SOFTPLUS``, no conditioning, no GIN, no householder, no
@@ -69,7 +87,8 @@ class AllInOneCoupling(nn.Module):
             raise ValueError(f"AllInOneCoupling needs at least 2 channels to split, got channels={channels}")
         self.channels = channels
         self.splits = (channels - channels // 2, channels // 2)
-        self.clamp = float(affine_clamping)
+        # the fused op runs without re-validating its numbers (validate_args=False): check once here
+        self.clamp = check_number("AllInOneCoupling", "affine_clamping", affine_clamping, positive=True)
         self.permute_soft = bool(permute_soft)
         self.backend = backend
         if subnet_constructor is None:
@@ -156,7 +175,8 @@ FLOW_NORMS = ("image", "channel")
 
 class FlowStage(nn.Module):
     """One scale's discriminative flow: an input normalisation then ``steps`` coupling steps
-    (depthwise kernel 3 on even steps, 1 on odd steps).
+    (subnet kernel 3 on even steps, 1 on odd steps; ``subnet="depthwise"`` is DADF's
+    :func:`coupling_subnet`, ``"conv"`` FastFlow's :func:`conv_subnet` with hidden ratio 1).
 
     ``norm="image"`` is DADF's ``LayerNorm([C, H, W])``; ``norm="channel"`` normalises each
     position over its channels (:class:`ChannelLayerNorm`, the lite preset's choice).
@@ -166,15 +186,19 @@ class FlowStage(nn.Module):
     """
 
     def __init__(self, channels: int, size, steps: int = 8, clamp: float = 2.0, backend: str = "auto",
-                 norm: str = "image"):
+                 norm: str = "image", subnet: str = "depthwise"):
         super().__init__()
         if norm not in FLOW_NORMS:
             raise ValueError(f"norm must be one of {FLOW_NORMS}, got {norm!r}")
+        if subnet not in FLOW_SUBNETS:
+            raise ValueError(f"subnet must be one of {FLOW_SUBNETS}, got {subnet!r}")
+        make = coupling_subnet if subnet == "depthwise" else conv_subnet
         h, w = (size, size) if isinstance(size, int) else size
         self.channels, self.size = channels, (int(h), int(w))
         self.norm = nn.LayerNorm([channels, h, w]) if norm == "image" else ChannelLayerNorm(channels)
         self.steps = nn.ModuleList(
-            AllInOneCoupling(channels, kernel_size=3 if i % 2 == 0 else 1, affine_clamping=clamp, backend=backend)
+            AllInOneCoupling(channels, lambda c_in, c_out, k=3 if i % 2 == 0 else 1: make(c_in, c_out, k),
+                             affine_clamping=clamp, backend=backend)
             for i in range(steps)
         )
 
@@ -203,4 +227,5 @@ class FlowStage(nn.Module):
         return z
 
 
-__all__ = ["AllInOneCoupling", "ChannelLayerNorm", "FlowStage", "FLOW_NORMS", "coupling_subnet", "SOFT_PERMUTATION_REASON"]
+__all__ = ["AllInOneCoupling", "ChannelLayerNorm", "FlowStage", "FLOW_NORMS", "FLOW_SUBNETS", "coupling_subnet",
+           "conv_subnet", "SOFT_PERMUTATION_REASON"]

@@ -83,38 +83,8 @@ def check_permutation(perm: torch.Tensor, channels: int) -> None:
         _remember_checked(perm, channels)
 
 
-def affine_coupling(x, a, g, b, perm, clamp=2.0, a_scale=0.1, reverse=False, backend="auto",
-                    compute_logdet: bool = True):
-    """Affine coupling step with FrEIA ``AllInOneBlock`` semantics
-    (see :func:`dadf_fast.reference.affine_coupling`).
-
-    Non-finite values: the permutation is a pure gather, so an inf/NaN in ``x`` stays in
-    the one output element it is permuted to (and whatever the coupling makes of it there);
-    it never spreads over the other channels of its pixel (FrEIA's dense 0/1 convolution
-    would make them NaN through ``0 * inf``).  The log-det depends on ``a`` and ``g`` only.
-    Every backend follows this, forward and reverse.
-
-    Two layouts: images ``x [B, C, H, W]`` (log-det summed over channels and pixels) and 1-D
-    fibres ``x [N, C]`` (CFLOW's flows; log-det summed over the channels of each row, the
-    same function as the ``[N, C, 1, 1]`` view).  The Triton kernels and the CUDA kernel of
-    the cpp backend take 4-D inputs only (declared limits: ``auto`` passes 2-D inputs on to
-    the next backend, an explicit request raises naming the limit).
-
-    Args:
-        x: ``[B, C, H, W]`` or ``[N, C]`` (C >= 2).  a: raw subnet output, ``[B, 2*(C//2),
-            H, W]`` or ``[N, 2*(C//2)]``.
-        g, b: ``[C]`` activated global scale (> 0; checked on CPU) and offset.
-        perm: ``[C]`` int64 tensor on x's device, or a list/tuple of ints; a permutation
-            of ``0..C-1`` (checked on CPU; on GPU a bad entry yields NaN, never a bad read).
-        clamp: finite number > 0.  a_scale: finite number.  reverse: bool.
-        backend: ``"auto"``, ``"torch"``, ``"triton"`` or ``"cpp"``.
-        compute_logdet: when False (inference: scoring needs only ``y``) the log-det is not
-            returned (``None``); a backend declaring the ``compute_logdet`` option (cpp)
-            then skips its reduction, the others compute it and drop it.
-    Returns:
-        ``(y, logdet)``: y of x's shape, logdet ``[B]`` (``[N]``); or ``(y, None)`` with
-        ``compute_logdet=False``.
-    """
+def _check_args(x, a, g, b, perm, clamp, a_scale, reverse, compute_logdet):
+    """Validate a call of :func:`affine_coupling`; returns ``(perm as a tensor, clamp, a_scale)``."""
     check_float("x", x)
     if x.dim() not in (2, 4):
         raise ValueError(f"affine_coupling: x must be 4-D [B, C, H, W] or 2-D [N, C], got shape {tuple(x.shape)}")
@@ -141,6 +111,56 @@ def affine_coupling(x, a, g, b, perm, clamp=2.0, a_scale=0.1, reverse=False, bac
     a_scale = check_number("affine_coupling", "a_scale", a_scale)
     check_flag("affine_coupling", "reverse", reverse)
     check_flag("affine_coupling", "compute_logdet", compute_logdet)
+    return perm, clamp, a_scale
+
+
+def affine_coupling(x, a, g, b, perm, clamp=2.0, a_scale=0.1, reverse=False, backend="auto",
+                    compute_logdet: bool = True, validate_args: bool = True):
+    """Affine coupling step with FrEIA ``AllInOneBlock`` semantics
+    (see :func:`dadf_fast.reference.affine_coupling`).
+
+    Non-finite values: the permutation is a pure gather, so an inf/NaN in ``x`` stays in
+    the one output element it is permuted to (and whatever the coupling makes of it there);
+    it never spreads over the other channels of its pixel (FrEIA's dense 0/1 convolution
+    would make them NaN through ``0 * inf``).  The log-det depends on ``a`` and ``g`` only.
+    Every backend follows this, forward and reverse.
+
+    Two layouts: images ``x [B, C, H, W]`` (log-det summed over channels and pixels) and 1-D
+    fibres ``x [N, C]`` (CFLOW's flows; log-det summed over the channels of each row, the
+    same function as the ``[N, C, 1, 1]`` view).  The Triton kernels and the CUDA kernel of
+    the cpp backend take 4-D inputs only (declared limits: ``auto`` passes 2-D inputs on to
+    the next backend, an explicit request raises naming the limit).
+
+    Args:
+        x: ``[B, C, H, W]`` or ``[N, C]`` (C >= 2).  a: raw subnet output, ``[B, 2*(C//2),
+            H, W]`` or ``[N, 2*(C//2)]``.
+        g, b: ``[C]`` activated global scale (> 0; checked on CPU) and offset.
+        perm: ``[C]`` int64 tensor on x's device, or a list/tuple of ints; a permutation
+            of ``0..C-1`` (checked on CPU; on GPU a bad entry yields NaN, never a bad read).
+        clamp: finite number > 0.  a_scale: finite number.  reverse: bool.
+        backend: ``"auto"``, ``"torch"``, ``"triton"`` or ``"cpp"``.
+        compute_logdet: when False (inference: scoring needs only ``y``) the log-det is not
+            returned (``None``); a backend declaring the ``compute_logdet`` option (cpp)
+            then skips its reduction, the others compute it and drop it.
+        validate_args: False skips the checks of values a caller fixed once and validated
+            then (as ``torch.distributions`` does): the devices of ``a``/``g``/``b``, ``perm``
+            being a permutation, ``g > 0``, the numbers and flags.  For modules that
+            call the op thousands of times per forward on small inputs (CFLOW's 64-row fibre
+            chunks), where these checks cost as much as the kernel.  The layout and the shape
+            and dtype of ``a`` (what a user's subnet returns) are still checked; the cpp kernels check
+            ``perm`` again and the Triton kernels guard its reads, so a bad value never
+            reads out of bounds.
+    Returns:
+        ``(y, logdet)``: y of x's shape, logdet ``[B]`` (``[N]``); or ``(y, None)`` with
+        ``compute_logdet=False``.
+    """
+    if validate_args is False:
+        if x.dim() not in (2, 4) or tuple(a.shape) != (x.shape[0], 2 * (x.shape[1] // 2), *x.shape[2:]) \
+                or not a.dtype == g.dtype == b.dtype == x.dtype:
+            _check_args(x, a, g, b, perm, clamp, a_scale, reverse, compute_logdet)  # raises the precise error
+    else:
+        check_flag("affine_coupling", "validate_args", validate_args)
+        perm, clamp, a_scale = _check_args(x, a, g, b, perm, clamp, a_scale, reverse, compute_logdet)
     # perm is an index vector here: the gather kernels' permutation; ndim: 4-D-only limits
     _, impl, options = OP.select(backend, x.device, x.dtype, permutation="hard", ndim=x.dim())
     with autocast_off(x.device):

@@ -369,6 +369,47 @@ def test_bad_arguments_are_named(backend):
         ops.affine_coupling(x, a, g, b, torch.arange(5), clamp=0.0, backend=backend)
 
 
+@pytest.mark.parametrize("backend,shape", [(b, s) for b in implementing(OP) for s in [(2, 5, 5, 3), (9, 5)]
+                                           if len(s) == 4 or (b, "cpu") not in FOUR_D_ONLY])
+def test_validate_args_false_gives_the_same_result(backend, shape):
+    x, a, g, b, perm = coupling_inputs(shape, dtype=F64 if backend != "triton" else F32)
+    for reverse in (False, True):
+        want = ops.affine_coupling(x, a, g, b, perm, clamp=1.9, reverse=reverse, backend=backend)
+        got = ops.affine_coupling(x, a, g, b, perm, clamp=1.9, reverse=reverse, backend=backend, validate_args=False)
+        assert torch.equal(want[0], got[0]) and torch.equal(want[1], got[1])
+
+
+@pytest.mark.parametrize("backend", implementing(OP))
+def test_validate_args_false_still_checks_layout_shape_and_dtype(backend):
+    """What a user's subnet returns is checked on every call: a of another shape or dtype."""
+    x, a, g, b, perm = coupling_inputs((2, 5, 5, 3))
+    with pytest.raises(ValueError, match="a must have shape"):
+        ops.affine_coupling(x, a[:, :2], g, b, perm, backend=backend, validate_args=False)
+    with pytest.raises(TypeError, match="a has dtype torch.float64 but x has torch.float32"):
+        ops.affine_coupling(x, a.double(), g, b, perm, backend=backend, validate_args=False)
+    with pytest.raises(ValueError, match="x must be 4-D"):
+        ops.affine_coupling(x[0], a[0], g, b, perm, backend=backend, validate_args=False)
+    with pytest.raises(TypeError, match="validate_args must be True or False"):
+        ops.affine_coupling(x, a, g, b, perm, backend=backend, validate_args=0)
+
+
+def test_blocks_validate_once_not_per_call(monkeypatch):
+    """The nn modules call the op with validate_args=False (their perm is checked when set or
+    loaded, their clamp at construction): the per-call sort-check and g > 0 check do not run."""
+    from dadf_fast.nn import AllInOneBlock, AllInOneCoupling
+    mod = importlib.import_module("dadf_fast.ops.affine_coupling")  # the module, not the op it exports
+    calls = []
+    monkeypatch.setattr(mod, "_check_args", lambda *args: calls.append(args))
+    blk = AllInOneBlock([(6,)], subnet_constructor=lambda ci, co: nn.Linear(ci, co))
+    step = AllInOneCoupling(6)
+    with torch.no_grad():
+        blk((torch.randn(4, 6),))
+        step(torch.randn(2, 6, 3, 3))
+    assert calls == []
+    with pytest.raises(ValueError, match="affine_clamping must be a finite number > 0"):
+        AllInOneCoupling(6, affine_clamping=0.0)
+
+
 def test_triton_refuses_float64_and_auto_never_picks_the_interpreter():
     with pytest.raises(BackendUnavailable, match="float32"):
         ops.affine_coupling(*coupling_inputs((2, 4, 5, 3), F64), backend="triton")
