@@ -3,25 +3,31 @@
 No download is ever needed: the sources are the images bundled inside the
 scikit-image wheel (``skimage.data``), or any image file / array the caller passes.
 
-For each category (one source photo):
+For each photo category (one source photo):
 
 * the photo is split into a TRAIN REGION (the first 60 % along its longer axis) and a
   disjoint TEST REGION (the remaining 40 %);
 * every sample is a random square crop from its region (random position, scale jitter
-  0.85-1.0 of the test region's short side, brightness jitter +-5 %), resized to
-  ``image_size`` x ``image_size``; so test normals are unseen crops from the same
-  distribution as the training crops;
-* anomalous test samples get one defect drawn on the resized crop:
+  0.85-1.0 of the test region's short side, times the category's crop scale for
+  ``"<photo>@<scale>"`` names; brightness jitter +-5 %), resized to ``image_size`` x
+  ``image_size``; so test normals are unseen crops from the same distribution as the
+  training crops. That only holds for photos whose two regions show the same kind of
+  content: ``camera`` is left out of the harness (the train region shows the cameraman,
+  the test region only buildings and grass), ``cell`` (its one cell lies on the region
+  cut), ``clock`` (mostly flat grey), ``cat`` (the same photo as ``chelsea``, a patch source).
 
-  - ``scratch``: a thin bright or dark random polyline,
-  - ``patch``: foreign material, a hard-edged irregular polygon filled with a crop of a
-    *different* photo,
-  - ``spot``: a dark or coloured rotated ellipse blended over the texture.
+Procedural categories (textures and aligned objects, :mod:`dadf_fast.data.procedural`, named
+in :mod:`dadf_fast.data.harness`) render every sample afresh from the random stream; objects
+come with a silhouette that defect placement prefers.
 
-Ground truth masks are exact: the mask is the drawn shape, every masked pixel differs
-from the clean crop by at least ``MIN_CONTRAST`` grey levels (max over channels; pixels
-where the rendering happened to be too close are pushed away) and no pixel outside the
-mask is touched. Every defect covers at least ``MIN_AREA_FRAC`` of the image.
+Anomalous test samples get one defect drawn on the resized crop (:mod:`dadf_fast.data.defects`):
+``scratch``, ``patch`` (foreign material from a *different* photo), ``spot`` (the default
+:data:`DEFECT_TYPES`) and ``colour``, ``blur``, ``missing``, ``contamination``, ``crack``
+(:data:`EXTRA_DEFECT_TYPES`). Ground truth masks are exact: no pixel outside the mask is
+touched; inside, every pixel differs from the clean crop by at least the type's minimum
+contrast (``MIN_CONTRAST`` = 40 for the default types) or, for texture changes, the mean
+difference is bounded below. Every defect covers at least ``MIN_AREA_FRAC`` of the image
+(contamination a third of that).
 
 Layout written (as in MVTec AD)::
 
@@ -40,14 +46,21 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
+
+from dadf_fast.data import harness
+from dadf_fast.data.defects import (ALL_DEFECT_TYPES, DEFECT_TYPES, EXTRA_DEFECT_TYPES, MAX_AREA_FRAC,
+                                    MIN_AREA_FRAC, MIN_CONTRAST, make_defect)
 
 __all__ = [
     "DEMO_CATEGORIES",
     "DEFECT_TYPES",
+    "EXTRA_DEFECT_TYPES",
+    "ALL_DEFECT_TYPES",
     "PATCH_SOURCES",
     "MIN_CONTRAST",
     "MIN_AREA_FRAC",
+    "MAX_AREA_FRAC",
     "available_sources",
     "load_source",
     "split_regions",
@@ -58,13 +71,9 @@ __all__ = [
 
 # Grey-level textures: stationary, so any crop is a plausible "normal" sample.
 DEMO_CATEGORIES = ("brick", "grass", "gravel")
-DEFECT_TYPES = ("scratch", "patch", "spot")
 # Photos that foreign-material patches are cut from (the category's own source excluded).
 PATCH_SOURCES = ("coffee", "astronaut", "rocket", "chelsea", "immunohistochemistry")
 
-MIN_CONTRAST = 40          # every masked pixel changes by >= this (uint8, max over RGB)
-MIN_AREA_FRAC = 0.003      # a defect covers at least 0.3 % of the image
-MAX_AREA_FRAC = 0.06       # ... and at most 6 %
 TRAIN_FRAC = 0.6
 
 # skimage.data loaders whose image is inside the wheel (checked offline with 0.26) and is
@@ -106,8 +115,10 @@ def load_source(source) -> np.ndarray:
     """A source photo as uint8 RGB ``[H, W, 3]``.
 
     Args:
-        source: a ``skimage.data`` name (e.g. ``"brick"``), a path to an image file, or
-            an array (``[H, W]``, ``[H, W, 1|3|4]``; grayscale becomes RGB).
+        source: a ``skimage.data`` name (e.g. ``"brick"``), a name of
+            :data:`dadf_fast.data.harness.EXTRA_SOURCES` (``"terrain"``, ``"grace_hopper"``),
+            a path to an image file, or an array (``[H, W]``, ``[H, W, 1|3|4]``; grayscale
+            becomes RGB).
     """
     if isinstance(source, np.ndarray):
         return _as_rgb_uint8(source)
@@ -118,6 +129,8 @@ def load_source(source) -> np.ndarray:
     if path.suffix and path.is_file():
         with Image.open(path) as img:
             arr = _as_rgb_uint8(np.asarray(img.convert("RGB")))
+    elif key in harness.EXTRA_SOURCES:
+        arr = _as_rgb_uint8(harness.EXTRA_SOURCES[key]())
     else:
         import skimage.data
 
@@ -180,130 +193,9 @@ def _random_crop(src: np.ndarray, box, base: int, rng: np.random.Generator, imag
     return out, (top, left, top + side, left + side)
 
 
-# ----------------------------------------------------------------------------- defects
-
-def _shape_mask(size: int, draw_fn) -> np.ndarray:
-    img = Image.new("L", (size, size), 0)
-    draw_fn(ImageDraw.Draw(img))
-    return np.asarray(img) > 127
-
-
-def _scratch_mask(size: int, rng: np.random.Generator) -> np.ndarray:
-    width = int(rng.integers(max(2, size // 128), max(3, size // 64) + 1))
-    pts = [rng.uniform(0.15, 0.85, 2) * size]
-    angle = rng.uniform(0, 2 * np.pi)
-    for _ in range(int(rng.integers(3, 7))):
-        angle += rng.normal(0, 0.5)  # gently bending polyline
-        step = rng.uniform(0.06, 0.16) * size
-        pts.append(pts[-1] + step * np.array([np.cos(angle), np.sin(angle)]))
-    xy = [tuple(map(float, p)) for p in pts]
-    return _shape_mask(size, lambda d: d.line(xy, fill=255, width=width, joint="curve"))
-
-
-def _blob_polygon(size: int, rng: np.random.Generator, r_lo: float, r_hi: float, irregular: bool):
-    cx, cy = rng.uniform(0.15, 0.85, 2) * size
-    if irregular:
-        n = int(rng.integers(7, 13))
-        angles = np.sort(rng.uniform(0, 2 * np.pi, n))
-        radius = rng.uniform(r_lo, r_hi) * size * rng.uniform(0.55, 1.0, n)
-        return [(float(cx + r * np.cos(a)), float(cy + r * np.sin(a))) for a, r in zip(angles, radius)]
-    a = rng.uniform(r_lo, r_hi) * size
-    b = a * rng.uniform(0.45, 1.0)
-    rot = rng.uniform(0, np.pi)
-    t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
-    x, y = a * np.cos(t), b * np.sin(t)
-    return [(float(cx + xi * np.cos(rot) - yi * np.sin(rot)),
-             float(cy + xi * np.sin(rot) + yi * np.cos(rot))) for xi, yi in zip(x, y)]
-
-
-_SPOT_COLOURS = np.array([
-    [25, 20, 18], [45, 35, 30],          # dark stains
-    [170, 85, 30], [150, 40, 35],        # rust, red
-    [40, 90, 160], [60, 140, 60],        # blue, green
-    [230, 215, 120],                     # pale yellow
-], dtype=np.float32)
-
-
-def _foreign_crop(foreign: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    fh, fw = foreign.shape[:2]
-    side = int(min(fh, fw) * rng.uniform(0.3, 0.7))
-    top = int(rng.integers(0, fh - side + 1))
-    left = int(rng.integers(0, fw - side + 1))
-    crop = Image.fromarray(foreign[top:top + side, left:left + side]).resize((size, size), Image.BILINEAR)
-    return np.asarray(crop, dtype=np.float32)
-
-
-def _enforce_contrast(clean: np.ndarray, out: np.ndarray, mask: np.ndarray, delta: int) -> np.ndarray:
-    """Push masked pixels whose change is below ``delta`` away from the clean value.
-
-    For a pixel whose channel mean is < 128 every channel goes up by ``delta``, else down;
-    at least one channel is on the right side of 128 so it cannot clip, hence the max
-    channel change is >= ``delta`` for every masked pixel afterwards.
-    """
-    c = clean.astype(np.int16)
-    o = out.astype(np.int16)
-    weak = mask & (np.abs(o - c).max(axis=-1) < delta)
-    if weak.any():
-        cw = c[weak]
-        push = np.where(cw.mean(axis=-1, keepdims=True) < 128, delta, -delta)
-        o[weak] = np.clip(cw + push, 0, 255)
-    return o.astype(np.uint8)
-
-
-def make_defect(clean: np.ndarray, defect: str, rng: np.random.Generator,
-                foreign: np.ndarray | None = None):
-    """Draw one defect on a clean image.
-
-    Args:
-        clean: uint8 ``[S, S, 3]``.
-        defect: one of :data:`DEFECT_TYPES`.
-        rng: numpy generator (all randomness comes from it).
-        foreign: uint8 ``[H, W, 3]`` photo that ``patch`` cuts material from (required
-            for ``patch``).
-    Returns:
-        ``(defective, mask)``: uint8 ``[S, S, 3]`` and bool ``[S, S]``; ``defective``
-        equals ``clean`` exactly outside ``mask`` and differs by >= ``MIN_CONTRAST``
-        (max over channels) at every pixel inside it.
-    """
-    size = clean.shape[0]
-    area = size * clean.shape[1]
-    lo, hi = MIN_AREA_FRAC * area, MAX_AREA_FRAC * area
-    for _ in range(50):  # resample until the area is in range (shapes may leave the image)
-        if defect == "scratch":
-            mask = _scratch_mask(size, rng)
-        elif defect == "spot":
-            poly = _blob_polygon(size, rng, 0.04, 0.10, irregular=False)
-            mask = _shape_mask(size, lambda d: d.polygon(poly, fill=255))
-        elif defect == "patch":
-            poly = _blob_polygon(size, rng, 0.06, 0.14, irregular=True)
-            mask = _shape_mask(size, lambda d: d.polygon(poly, fill=255))
-        else:
-            raise ValueError(f"unknown defect {defect!r}; choose from {DEFECT_TYPES}")
-        if lo <= mask.sum() <= hi:
-            break
-    else:  # pragma: no cover - practically unreachable with the ranges above
-        raise RuntimeError(f"could not draw a {defect} of area in [{lo:.0f}, {hi:.0f}]")
-
-    out = clean.astype(np.float32)
-    if defect == "scratch":
-        bright = rng.random() < 0.5
-        level = 235.0 if bright else 25.0
-        out[mask] = level + rng.normal(0, 6, (int(mask.sum()), 1))
-    elif defect == "spot":
-        colour = _SPOT_COLOURS[int(rng.integers(len(_SPOT_COLOURS)))]
-        alpha = rng.uniform(0.65, 0.85)  # keep a little of the texture under the stain
-        out[mask] = (1 - alpha) * out[mask] + alpha * colour
-    else:
-        if foreign is None:
-            raise ValueError("a patch defect needs a foreign source image")
-        out[mask] = _foreign_crop(foreign, size, rng)[mask]
-    out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
-    out = _enforce_contrast(clean, out, mask, MIN_CONTRAST)
-    return out, mask
-
-
 def make_sample(source: np.ndarray, box, rng: np.random.Generator, image_size: int = 256,
-                defect: str | None = None, foreign: np.ndarray | None = None, base: int | None = None):
+                defect: str | None = None, foreign: np.ndarray | None = None, base: int | None = None,
+                where: np.ndarray | None = None):
     """One sample: a random crop of ``source`` inside ``box``, optionally with a defect.
 
     Args:
@@ -311,9 +203,10 @@ def make_sample(source: np.ndarray, box, rng: np.random.Generator, image_size: i
         box: ``(top, left, bottom, right)`` region the crop must lie in.
         rng: numpy generator.
         image_size: output side ``S``.
-        defect: None for a normal sample, else one of :data:`DEFECT_TYPES`.
+        defect: None for a normal sample, else one of :data:`ALL_DEFECT_TYPES`.
         foreign: photo for ``patch`` defects.
         base: nominal crop side in source pixels (default: the test region's short side).
+        where: optional bool ``[S, S]`` area the defect should mostly hit.
     Returns:
         ``(clean, defective, mask, crop_box)``: uint8 ``[S, S, 3]`` twice (identical when
         ``defect`` is None), bool ``[S, S]`` (all False for normal samples), and the crop
@@ -324,15 +217,20 @@ def make_sample(source: np.ndarray, box, rng: np.random.Generator, image_size: i
     clean, crop_box = _random_crop(source, box, base, rng, image_size)
     if defect is None:
         return clean, clean.copy(), np.zeros(clean.shape[:2], bool), crop_box
-    defective, mask = make_defect(clean, defect, rng, foreign)
+    defective, mask = make_defect(clean, defect, rng, foreign, where=where)
     return clean, defective, mask, crop_box
 
 
 # ----------------------------------------------------------------------------- dataset
 
+
 def _category_items(categories) -> list[tuple[str, object]]:
     if categories is None:
         categories = DEMO_CATEGORIES
+    if isinstance(categories, str):
+        raise ValueError(f"categories must be a list or a mapping; write [{categories!r}] for one category")
+    if isinstance(categories, np.ndarray):
+        raise ValueError("pass arrays as a mapping {category_name: array}")
     if isinstance(categories, Mapping):
         return [(str(k), v) for k, v in categories.items()]
     items = []
@@ -349,6 +247,48 @@ def _save_png(arr: np.ndarray, path: Path) -> None:
     Image.fromarray(arr).save(path, compress_level=1)
 
 
+def _photo_category(category: str, spec, image_size: int):
+    """``(sample, meta, source)`` of a photo category: ``sample(split, rng) -> (clean, None,
+    crop box)`` draws exactly what :func:`make_sample` draws (datasets stay reproducible)."""
+    name, scale = spec, 1.0
+    if isinstance(spec, str) and not (Path(spec).suffix and Path(spec).is_file()):
+        name, scale = harness.parse_scale(spec)
+    src = load_source(name)
+    train_box, test_box = split_regions(src.shape)
+    base = _crop_side(test_box)
+    if scale != 1.0:
+        base = int(round(base * scale))
+    if base < 32:
+        raise ValueError(f"source for {category!r} is too small ({src.shape[1]}x{src.shape[0]}"
+                         f"{f' at crop scale {scale}' if scale != 1.0 else ''})")
+    boxes = {"train": train_box, "test": test_box}
+
+    def sample(split, rng):
+        clean, box = _random_crop(src, boxes[split], base, rng, image_size)
+        return clean, None, list(box)
+
+    meta = {"source": name if isinstance(name, str) else "array", "source_shape": list(src.shape),
+            "train_region": list(train_box), "test_region": list(test_box)}
+    if scale != 1.0:
+        meta["scale"] = scale
+    return sample, meta, src
+
+
+def _procedural_category(name: str, render, image_size: int):
+    """``(sample, meta, None)`` of a procedural / aligned-object category;
+    train and test samples are independent renderings (the same distribution by construction)."""
+    def sample(split, rng):
+        return render(rng, image_size)
+
+    kind = harness.category_kind(name)
+    meta = {"source": f"procedural:{name}", "kind": kind}
+    if kind == "object":
+        from dadf_fast.data.procedural import MAX_ANGLE, MAX_GAIN, MAX_SHIFT
+
+        meta["jitter"] = {"shift": MAX_SHIFT, "angle": MAX_ANGLE, "gain": MAX_GAIN}
+    return sample, meta, None
+
+
 def make_dataset(root, categories: Sequence | Mapping | None = None, n_train: int = 40,
                  n_test_good: int = 10, n_test_defect: int = 20, image_size: int = 256,
                  seed: int = 0, defects: Sequence[str] = DEFECT_TYPES,
@@ -357,16 +297,18 @@ def make_dataset(root, categories: Sequence | Mapping | None = None, n_train: in
 
     Args:
         root: output folder (created).
-        categories: source names from :func:`available_sources`, image file paths
-            (category = file stem), or a mapping ``{category: source}`` where a source is a
-            name, a path or an array. Default :data:`DEMO_CATEGORIES`.
-        n_train: normal training crops per category.
-        n_test_good: normal test crops per category.
-        n_test_defect: anomalous test crops per category, defect types taken in turn
+        categories: source names from :func:`available_sources`, harness category names
+            (:func:`dadf_fast.data.harness.harness_categories`: procedural textures, aligned
+            objects, ``"<photo>@<scale>"``), image file paths (category = file stem), or a
+            mapping ``{category: source}`` where a source is any of those or an array.
+            Default :data:`DEMO_CATEGORIES`.
+        n_train: normal training images per category.
+        n_test_good: normal test images per category.
+        n_test_defect: anomalous test images per category, defect types taken in turn
             from ``defects``.
         image_size: side of the written square PNGs.
         seed: everything is a deterministic function of ``seed`` and the category name.
-        defects: defect types to use (subset of :data:`DEFECT_TYPES`).
+        defects: defect types to use (subset of :data:`ALL_DEFECT_TYPES`).
         patch_sources: photos the ``patch`` defect cuts material from (default
             :data:`PATCH_SOURCES`, without the category's own source).
 
@@ -374,26 +316,34 @@ def make_dataset(root, categories: Sequence | Mapping | None = None, n_train: in
     function (it holds ``SYNTHETIC.json``); otherwise ``FileExistsError``.
     """
     root = Path(root)
+    if isinstance(defects, str):
+        raise ValueError(f"defects must be a list of names, got the string {defects!r}")
     defects = tuple(defects)
     for d in defects:
-        if d not in DEFECT_TYPES:
-            raise ValueError(f"unknown defect {d!r}; choose from {DEFECT_TYPES}")
+        if d not in ALL_DEFECT_TYPES:
+            raise ValueError(f"unknown defect {d!r} in defects; choose from {ALL_DEFECT_TYPES}")
     if n_train < 1 or n_test_good < 0 or n_test_defect < 0:
         raise ValueError("n_train must be >= 1 and the test counts >= 0")
     if n_test_defect and not defects:
         raise ValueError("n_test_defect > 0 needs at least one defect type")
+    if int(image_size) != image_size or image_size < 16:
+        raise ValueError(f"image_size must be an integer >= 16, got {image_size!r}")
     pool = list(PATCH_SOURCES if patch_sources is None else patch_sources)
 
     for category, src_spec in _category_items(categories):
-        src = load_source(src_spec)
-        train_box, test_box = split_regions(src.shape)
-        base = _crop_side(test_box)
-        if base < 32:
-            raise ValueError(f"source for {category!r} is too small ({src.shape[1]}x{src.shape[0]})")
+        render = harness.renderer(src_spec) if isinstance(src_spec, str) else None
+        if render is not None and not (Path(src_spec).suffix and Path(src_spec).is_file()):
+            sample, meta, own = _procedural_category(src_spec, render, image_size)
+            own_name = None
+        else:
+            sample, meta, own = _photo_category(category, src_spec, image_size)
+            own_name = meta["source"] if isinstance(src_spec, str) else None
         # a stable per-category stream (crc32, not hash(), which is salted per process)
         rng = np.random.default_rng([seed, zlib.crc32(category.encode())])
-        foreign = [s for s in pool if not (isinstance(src_spec, str) and isinstance(s, str) and s == src_spec)]
-        foreign = [load_source(s) for s in foreign] or [255 - src]  # inverted self as last resort
+        foreign = [s for s in pool if not (own_name is not None and isinstance(s, str) and s == own_name)]
+        foreign = [load_source(s) for s in foreign]
+        if not foreign:  # inverted self as last resort
+            foreign = [255 - (own if own is not None else render(np.random.default_rng(seed), 256)[0])]
 
         cat = root / category
         if cat.exists():
@@ -404,35 +354,33 @@ def make_dataset(root, categories: Sequence | Mapping | None = None, n_train: in
                    [f"ground_truth/{d}" for d in defects]:
             (cat / sub).mkdir(parents=True, exist_ok=True)
 
-        crops: dict[str, list[int]] = {}
+        records: dict[str, object] = {}
         for i in range(n_train):
-            clean, _, _, box = make_sample(src, train_box, rng, image_size, base=base)
+            clean, _, rec = sample("train", rng)
             _save_png(clean, cat / "train" / "good" / f"{i:03d}.png")
-            crops[f"train/good/{i:03d}.png"] = list(box)
+            records[f"train/good/{i:03d}.png"] = rec
         for i in range(n_test_good):
-            clean, _, _, box = make_sample(src, test_box, rng, image_size, base=base)
+            clean, _, rec = sample("test", rng)
             _save_png(clean, cat / "test" / "good" / f"{i:03d}.png")
-            crops[f"test/good/{i:03d}.png"] = list(box)
+            records[f"test/good/{i:03d}.png"] = rec
         counters = {d: 0 for d in defects}
         for i in range(n_test_defect):
             d = defects[i % len(defects)]
             k = counters[d]
             counters[d] += 1
             fgn = foreign[int(rng.integers(len(foreign)))]
-            _, defective, mask, box = make_sample(src, test_box, rng, image_size, defect=d,
-                                                  foreign=fgn, base=base)
+            clean, where, rec = sample("test", rng)
+            defective, mask = make_defect(clean, d, rng, fgn, where=where)
             _save_png(defective, cat / "test" / d / f"{k:03d}.png")
             _save_png((mask * 255).astype(np.uint8), cat / "ground_truth" / d / f"{k:03d}_mask.png")
-            crops[f"test/{d}/{k:03d}.png"] = list(box)
-        meta = {
-            "source": src_spec if isinstance(src_spec, str) else "array",
-            "source_shape": list(src.shape),
-            "seed": seed,
-            "image_size": image_size,
-            "train_region": list(train_box),
-            "test_region": list(test_box),
-            "defects": list(defects),
-            "crops": crops,
-        }
-        (cat / "SYNTHETIC.json").write_text(json.dumps(meta, indent=1))
+            records[f"test/{d}/{k:03d}.png"] = rec
+        head = {"source": meta.pop("source")}
+        if "source_shape" in meta:   # photo categories keep the original key order
+            head["source_shape"] = meta.pop("source_shape")
+        head.update(seed=seed, image_size=image_size)
+        head.update({k: meta.pop(k) for k in ("train_region", "test_region") if k in meta})
+        head["defects"] = list(defects)
+        head["crops" if "train_region" in head else "samples"] = records
+        head.update(meta)
+        (cat / "SYNTHETIC.json").write_text(json.dumps(head, indent=1))
     return root
