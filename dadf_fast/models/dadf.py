@@ -15,6 +15,7 @@ from dadf_fast.utils.precision import autocast_off
 from dadf_fast.utils.io import atomic_torch_save
 from dadf_fast.nn import FLOW_NORMS, FLOW_SUBNETS, FlowStage, Reconstructor, reconstruction_loss
 from dadf_fast.models.backbone import Backbone
+from dadf_fast.models import cues as cue_maps
 from dadf_fast.models.checkpoint import CheckpointError, first_nonfinite, read_checkpoint_file, state_dict_mismatch
 from dadf_fast.models.inputs import (
     check_finite_output,
@@ -46,7 +47,7 @@ BACKENDS = ("auto",) + BACKEND_NAMES
 # the config entries that decide the weights' names and shapes (and clamp, what they mean),
 # named in errors about weights that do not fit
 ARCH_KEYS = ("backbone", "input_size", "embed_dim", "depth", "num_heads", "flow_steps", "flow_norm", "flow_subnet",
-             "flow_input", "clamp")
+             "flow_input", "score_cues", "clamp")
 # what the flows see: DADF's cat(F, R_l, R_g), or the backbone features alone (FastFlow's input)
 FLOW_INPUTS = ("concat", "features")
 
@@ -116,7 +117,7 @@ class DADF(nn.Module):
                  num_heads: int | None = None, flow_steps: int | None = None, clamp: float = 2.0,
                  backend: str = "auto", backbone_weights: str | None = None, score_scales=None,
                  smooth_sigma: float | None = None, flow_norm: str | None = None, flow_subnet: str | None = None,
-                 flow_input: str | None = None, dtype="float32"):
+                 flow_input: str | None = None, score_cues=None, dtype="float32"):
         super().__init__()
         if not isinstance(preset, str) or preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
@@ -156,8 +157,11 @@ class DADF(nn.Module):
         score_scales = [int(s) for s in score_scales]
         smooth_sigma = check_number("DADF", "smooth_sigma", preset_sigma if smooth_sigma is None else smooth_sigma,
                                     nonnegative=True)
+        preset_cues = cfg.pop("score_cues", ("flow",))
+        score_cues = cue_maps.check_cues(preset_cues if score_cues is None else score_cues)
         self.config = dict(preset=preset, input_size=input_size, clamp=float(clamp), score_scales=sorted(score_scales),
-                           smooth_sigma=smooth_sigma, dtype=_DTYPE_NAMES[compute_dtype], **cfg)
+                           smooth_sigma=smooth_sigma, score_cues=list(score_cues), dtype=_DTYPE_NAMES[compute_dtype],
+                           **cfg)
         self.compute_dtype = compute_dtype
         self.backend = backend
         self.backbone = Backbone(cfg["backbone"], pretrained=pretrained, weights=backbone_weights)
@@ -167,6 +171,13 @@ class DADF(nn.Module):
             self.backbone.channels, sizes, PATCH_SIZES, embed_dim=cfg["embed_dim"], depth=cfg["depth"],
             num_heads=cfg["num_heads"], backend=backend,
         )
+        if score_cues != ("flow",):
+            # the calibration of each cue on normal images (:meth:`calibrate`), and the kNN cue's
+            # memory of training patches (its length is set by the training data)
+            self.register_buffer("cue_mean", torch.zeros(len(score_cues)))
+            self.register_buffer("cue_spread", torch.ones(len(score_cues)))
+        if "knn" in score_cues:
+            self.register_buffer("cue_memory", torch.zeros(0, self.backbone.channels[1] + self.backbone.channels[2]))
         width = 3 if cfg["flow_input"] == "concat" else 1
         self.flows = nn.ModuleList(
             FlowStage(width * c, size, steps=cfg["flow_steps"], clamp=clamp, backend=backend, norm=cfg["flow_norm"],
@@ -241,18 +252,38 @@ class DADF(nn.Module):
                               compute_logdet=False)[0]
                 for s in self.config["score_scales"]]
 
-    def score(self, zs, smooth_sigma=None):
+    def score(self, zs, smooth_sigma=None, feats=None, local=None, glob=None):
         """Inference stage 4: ``{"anomaly_map": [B, 1, S, S], "score": [B]}`` from the latents
-        of :meth:`latents`, in float32 under any ``dtype``; ``smooth_sigma`` (checked by the
-        caller) overrides the configured smoothing."""
+        of :meth:`latents` (and, for the ``recon`` / ``knn`` cues of ``score_cues``, the
+        features and reconstructions), in float32 under any ``dtype``; ``smooth_sigma``
+        (checked by the caller) overrides the configured smoothing.
+
+        With the flow cue alone the map is the flows' likelihood map (in [0, 1]); with several
+        cues it is the sum of their calibrated maps (:mod:`dadf_fast.models.cues`: a normal
+        image peaks near 1 per cue)."""
+        sigma = self.config["smooth_sigma"] if smooth_sigma is None else smooth_sigma
         with autocast_off(zs[0].device):
-            amap, score = ops.multiscale_score(zs, self.input_size,
-                                               backend=ops.module_backend("multiscale_score", self.backend))
-            sigma = self.config["smooth_sigma"] if smooth_sigma is None else smooth_sigma
-            if sigma:
-                amap = gaussian_smooth(amap, sigma)
-                score = amap.flatten(1).amax(1)
-        return {"anomaly_map": amap, "score": score}
+            if self.config["score_cues"] == ["flow"]:
+                amap, score = ops.multiscale_score(zs, self.input_size,
+                                                   backend=ops.module_backend("multiscale_score", self.backend))
+                if sigma:
+                    amap = gaussian_smooth(amap, sigma)
+                    score = amap.flatten(1).amax(1)
+                return {"anomaly_map": amap, "score": score}
+            maps = cue_maps.cue_maps(self, zs, feats, local, glob, sigma)
+            amap = sum((m - self.cue_mean[i]) / self.cue_spread[i] for i, m in enumerate(maps.values()))
+        return {"anomaly_map": amap, "score": amap.flatten(1).amax(1)}
+
+    def cue_maps(self, zs, feats, local, glob, sigma) -> dict:
+        """The smoothed, uncalibrated maps ``[B, 1, S, S]`` of ``score_cues``
+        (:func:`dadf_fast.models.cues.cue_maps`)."""
+        return cue_maps.cue_maps(self, zs, feats, local, glob, sigma)
+
+    def calibrate(self, images, batch_size: int = 16) -> dict:
+        """Fill the kNN cue's memory with the patches of the normal ``images`` (model-ready
+        ``[N, 3, S, S]``) and calibrate every cue on them (:func:`dadf_fast.models.cues.calibrate`).
+        A no-op with the flow cue alone.  Returns ``{cue: (mean, spread)}``."""
+        return cue_maps.calibrate(self, images, batch_size)
 
     def infer(self, images, smooth_sigma=None, after_stage=None):
         """The inference computation on checked model-ready ``images [B, 3, S, S]``: the
@@ -271,7 +302,7 @@ class DADF(nn.Module):
         done("reconstruct")
         zs = self.latents(feats, local, glob)
         done("latents")
-        out = self.score(zs, smooth_sigma)
+        out = self.score(zs, smooth_sigma, feats, local, glob)
         done("score")
         return out
 
@@ -355,9 +386,24 @@ class DADF(nn.Module):
         }
         atomic_torch_save(payload, path)
 
+    def _own_state_for(self, state_dict) -> dict:
+        """This model's state dict, its kNN memory taking the length of ``state_dict``'s (the
+        memory holds as many patches as the training images had)."""
+        own = self.state_dict()
+        given = state_dict.get("cue_memory") if isinstance(state_dict, dict) else None
+        if "cue_memory" in own and isinstance(given, torch.Tensor) and given.dim() == 2 \
+                and given.shape[1] == own["cue_memory"].shape[1]:
+            own["cue_memory"] = given
+        return own
+
+    def _resize_memory(self, state_dict) -> None:
+        if "cue_memory" in self._buffers and isinstance(state_dict.get("cue_memory"), torch.Tensor):
+            self.cue_memory = torch.empty_like(state_dict["cue_memory"], device=self.cue_memory.device,
+                                               dtype=self.cue_memory.dtype)
+
     def _state_dict_mismatch(self, state_dict) -> str | None:
         """One line saying how ``state_dict`` fails to fit this model (None when it fits)."""
-        problem = state_dict_mismatch(self.state_dict(), state_dict)
+        problem = state_dict_mismatch(self._own_state_for(state_dict), state_dict)
         if problem and any(k.startswith("backbone.") for k in set(self.state_dict()) ^ set(state_dict)):
             problem += f"; the backbone weights are not those of {self.config['backbone']!r}"
         return problem
@@ -376,6 +422,7 @@ class DADF(nn.Module):
         key-by-key listing."""
         if strict:
             self._check_state_dict(state_dict, "state_dict")
+        self._resize_memory(state_dict)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @classmethod
@@ -423,6 +470,7 @@ class DADF(nn.Module):
         cfg.setdefault("flow_norm", "image")
         cfg.setdefault("flow_subnet", "depthwise")
         cfg.setdefault("flow_input", "concat")
+        cfg.setdefault("score_cues", ["flow"])
         accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "pretrained", "backend",
                                                                       "backbone_weights"}
         unknown = sorted(set(cfg) - accepted)
@@ -436,5 +484,6 @@ class DADF(nn.Module):
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint {path!r} has an invalid config: {exc}") from exc
         model._check_state_dict(payload["state_dict"], f"checkpoint {path!r}", "its own config")
+        model._resize_memory(payload["state_dict"])
         nn.Module.load_state_dict(model, payload["state_dict"])
         return model.to(map_location)

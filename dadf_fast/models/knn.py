@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from dadf_fast.utils.io import atomic_torch_save
 from dadf_fast.models.backbone import Backbone
+from dadf_fast.models.cues import nearest_distances, patch_embedding
 from dadf_fast.models.checkpoint import CheckpointError, first_nonfinite, read_checkpoint_file, state_dict_mismatch
 from dadf_fast.models.dadf import CHECKPOINT_FORMAT as DADF_FORMAT
 from dadf_fast.models.dadf import DADF
@@ -46,37 +47,6 @@ from dadf_fast.models.postprocess import gaussian_smooth
 KNN_FORMAT = "dadf-fast-knn"
 KNN_VERSION = 1
 PROJECTION_DIM = 128          # random projection used by the greedy coreset selection
-_CDIST_ELEMENTS = 1 << 22     # distance-matrix block size (4M floats = 16 MB)
-
-
-def nearest_distances(queries: torch.Tensor, memory: torch.Tensor, max_elements: int = _CDIST_ELEMENTS) -> torch.Tensor:
-    """Euclidean distance of each row of ``queries [Q, D]`` to its nearest row of
-    ``memory [M, D]``.
-
-    The nearest row is found with ``torch.cdist`` in blocks (so the distance matrix stays
-    bounded) on mean-centred vectors (less cancellation in cdist's matmul form); the
-    distance to it is then recomputed directly, so a query equal to a memory row scores 0.
-    """
-    if memory.shape[0] == 0:
-        raise RuntimeError("the memory bank is empty: call fit() first")
-    mu = memory.mean(0, keepdim=True)
-    q_chunk = max(1, min(queries.shape[0], 4096))
-    m_chunk = max(1, max_elements // q_chunk)
-    out = []
-    for q in torch.split(queries, q_chunk):
-        qc = q - mu
-        best, best_idx = None, None
-        for start in range(0, memory.shape[0], m_chunk):
-            d, i = torch.cdist(qc, memory[start:start + m_chunk] - mu).min(dim=1)
-            i = i + start
-            if best is None:
-                best, best_idx = d, i
-            else:
-                better = d < best
-                best = torch.where(better, d, best)
-                best_idx = torch.where(better, i, best_idx)
-        out.append(torch.linalg.vector_norm(q - memory[best_idx], dim=1))
-    return torch.cat(out)
 
 
 def greedy_coreset(vectors: torch.Tensor, k: int, seed: int = 0, proj_dim: int = PROJECTION_DIM) -> torch.Tensor:
@@ -154,11 +124,7 @@ class KNNDetector(nn.Module):
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Patch features ``[B, D, S/8, S/8]`` of ``images`` (see the module docstring)."""
-        feats = self.backbone(images)
-        f8 = F.avg_pool2d(feats[1], 3, stride=1, padding=1)
-        f16 = F.avg_pool2d(feats[2], 3, stride=1, padding=1)
-        f16 = F.interpolate(f16, size=f8.shape[-2:], mode="bilinear", align_corners=False)
-        return torch.cat((f8, f16), dim=1)
+        return patch_embedding(self.backbone(images))
 
     @torch.no_grad()
     def patch_scores(self, images: torch.Tensor) -> torch.Tensor:

@@ -287,6 +287,7 @@ def _fit(model, images, cfg: FitConfig, out_dir, resume: bool, overwrite: bool, 
     if done >= 2:
         return result
 
+    normal = images  # the calibration of the score cues sees the images as given, not their flips
     images = _variants(images, cfg)
     n = images.shape[0]
     model.eval()
@@ -351,6 +352,10 @@ def _fit(model, images, cfg: FitConfig, out_dir, resume: bool, overwrite: bool, 
                                         gen, log, stage1_path, val_fn=val_fn, module=model.flows)
     model.eval()
     result["seconds"]["stage2"] = time.perf_counter() - t0
+    if hasattr(model, "calibrate"):
+        t0 = time.perf_counter()
+        model.calibrate(normal.to(device))
+        result["seconds"]["calibrate"] = time.perf_counter() - t0
     if final_path:
         model.save(final_path, extra={"stage_done": 2, "run": run})
     return result

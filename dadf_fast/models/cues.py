@@ -1,0 +1,189 @@
+"""DADF's score cues beside the flows' likelihood, and their calibration on normal images.
+
+A cue is a per-pixel map ``[B, 1, S, S]``, larger = more anomalous:
+
+* ``flow``: the flows' likelihood map (:func:`dadf_fast.ops.multiscale_score`);
+* ``recon``: the dual-attention reconstruction error, ``mean_c (F - R_l)^2 + mean_c (F - R_g)^2``
+  per scale, upsampled and averaged over the three scales;
+* ``knn``: the distance of each patch embedding (:func:`patch_embedding`) to its nearest
+  neighbour among the training images' patches (PatchCore's cue).
+
+The cues live on different scales, so they are combined after a calibration on normal
+images: each smoothed map minus its mean pixel value on those images, divided by the
+spread of their maxima above that mean (``mean_i max m_i - mean``).  A normal image then
+peaks near 1 in every cue, whatever the cue's units, and the combined map is their sum.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dadf_fast import ops
+from dadf_fast.models.postprocess import gaussian_smooth
+from dadf_fast.utils.precision import autocast_off
+
+CUES = ("flow", "recon", "knn")
+_CDIST_ELEMENTS = 1 << 22     # distance-matrix block size (4M floats = 16 MB)
+
+
+def nearest_distances(queries: torch.Tensor, memory: torch.Tensor, max_elements: int = _CDIST_ELEMENTS) -> torch.Tensor:
+    """Euclidean distance of each row of ``queries [Q, D]`` to its nearest row of
+    ``memory [M, D]``.
+
+    The nearest row is found with ``torch.cdist`` in blocks (so the distance matrix stays
+    bounded) on mean-centred vectors (less cancellation in cdist's matmul form); the
+    distance to it is then recomputed directly, so a query equal to a memory row scores 0.
+    """
+    if memory.shape[0] == 0:
+        raise RuntimeError("the memory bank is empty: call fit() first")
+    mu = memory.mean(0, keepdim=True)
+    q_chunk = max(1, min(queries.shape[0], 4096))
+    m_chunk = max(1, max_elements // q_chunk)
+    out = []
+    for q in torch.split(queries, q_chunk):
+        qc = q - mu
+        best, best_idx = None, None
+        for start in range(0, memory.shape[0], m_chunk):
+            d, i = torch.cdist(qc, memory[start:start + m_chunk] - mu).min(dim=1)
+            i = i + start
+            if best is None:
+                best, best_idx = d, i
+            else:
+                better = d < best
+                best = torch.where(better, d, best)
+                best_idx = torch.where(better, i, best_idx)
+        out.append(torch.linalg.vector_norm(q - memory[best_idx], dim=1))
+    return torch.cat(out)
+
+
+def check_cues(cues) -> tuple:
+    """``cues`` as a tuple in :data:`CUES` order; raise unless a non-empty subset of :data:`CUES`."""
+    if isinstance(cues, str) or not hasattr(cues, "__iter__"):
+        raise ValueError(f"score_cues must be a non-empty subset of {CUES}, got {cues!r}")
+    items = list(cues)
+    if not items or any(c not in CUES for c in items) or len(set(items)) != len(items):
+        raise ValueError(f"score_cues must be a non-empty subset of {CUES}, got {cues!r}")
+    return tuple(c for c in CUES if c in items)
+
+
+def upsample(m: torch.Tensor, size: int) -> torch.Tensor:
+    return F.interpolate(m, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def recon_error_map(feats, local, glob, size: int) -> torch.Tensor:
+    """Mean over scales of the upsampled reconstruction errors ``[B, 1, S, S]`` (float32)."""
+    maps = []
+    for f, rl, rg in zip(feats, local, glob):
+        f, rl, rg = f.float(), rl.float(), rg.float()
+        err = ((f - rl) ** 2).mean(1, keepdim=True) + ((f - rg) ** 2).mean(1, keepdim=True)
+        maps.append(upsample(err, size))
+    return torch.stack(maps).mean(0)
+
+
+def patch_embedding(feats) -> torch.Tensor:
+    """Patch embeddings ``[B, C_8 + C_16, S/8, S/8]``: the stride-8 and stride-16 maps, each
+    3x3 average-pooled, the stride-16 one upsampled to the stride-8 grid (PatchCore's local
+    neighbourhood aggregation; the same embedding as :class:`~dadf_fast.models.knn.KNNDetector`)."""
+    f8 = F.avg_pool2d(feats[1].float(), 3, stride=1, padding=1)
+    f16 = F.avg_pool2d(feats[2].float(), 3, stride=1, padding=1)
+    f16 = F.interpolate(f16, size=f8.shape[-2:], mode="bilinear", align_corners=False)
+    return torch.cat((f8, f16), dim=1)
+
+
+def flatten_patches(emb: torch.Tensor) -> torch.Tensor:
+    """``[B, D, h, w]`` -> ``[B * h * w, D]`` (row-major over images, then positions)."""
+    return emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])
+
+
+def knn_map(emb: torch.Tensor, memory: torch.Tensor, size: int) -> torch.Tensor:
+    """Nearest-memory distance of every patch of ``emb [B, D, h, w]``, upsampled: ``[B, 1, S, S]``."""
+    b, _, h, w = emb.shape
+    dist = nearest_distances(flatten_patches(emb), memory).view(b, 1, h, w)
+    return upsample(dist, size)
+
+
+def knn_leave_one_out(emb: torch.Tensor, size: int) -> torch.Tensor:
+    """kNN maps ``[N, 1, S, S]`` of the memory's own images, each against the other images'
+    patches only (against a memory that holds its own patches every distance would be 0)."""
+    n, _, h, w = emb.shape
+    if n < 2:
+        raise ValueError("the kNN cue's calibration needs at least 2 normal images (each is scored against the others)")
+    flat = flatten_patches(emb).view(n, h * w, -1)
+    maps = []
+    for i in range(n):
+        others = torch.cat((flat[:i], flat[i + 1:])).flatten(0, 1)
+        maps.append(nearest_distances(flat[i], others).view(1, 1, h, w))
+    return upsample(torch.cat(maps), size)
+
+
+def calibration(maps: torch.Tensor) -> tuple[float, float]:
+    """``(mean, spread)`` of a cue's smoothed maps ``[N, 1, S, S]`` on normal images: the mean
+    pixel value, and the mean per-image maximum above it (floored so it never divides by 0)."""
+    m = maps.double()
+    mean = m.mean()
+    spread = (m.flatten(1).amax(1).mean() - mean).clamp_min(1e-12)
+    return float(mean), float(spread)
+
+
+def cue_maps(model, zs, feats, local, glob, sigma, knn_maps=None) -> dict:
+    """The smoothed, uncalibrated maps ``[B, 1, S, S]`` of ``model``'s ``score_cues`` from its
+    latents ``zs``, features and reconstructions (``knn_maps`` replaces the kNN cue's map: the
+    leave-one-out maps of the calibration)."""
+    out = {}
+    size = model.input_size
+    for cue in model.config["score_cues"]:
+        if cue == "flow":
+            m = ops.multiscale_score(zs, size, backend=ops.module_backend("multiscale_score", model.backend))[0]
+        elif cue == "recon":
+            m = recon_error_map(feats, local, glob, size)
+        elif knn_maps is not None:
+            m = knn_maps
+        else:
+            if model.cue_memory.shape[0] == 0:
+                raise RuntimeError("DADF's kNN cue has an empty memory: fit() (or calibrate()) the model first")
+            m = knn_map(patch_embedding(feats), model.cue_memory, size)
+        out[cue] = gaussian_smooth(m.float(), sigma) if sigma else m.float()
+    return out
+
+
+@torch.no_grad()
+def calibrate(model, images: torch.Tensor, batch_size: int = 16) -> dict:
+    """Fill ``model``'s kNN memory with the patches of the normal ``images`` (model-ready
+    ``[N, 3, S, S]``) and set each cue's ``(mean, spread)`` (:func:`calibration`) from its maps
+    on them; the kNN cue scores each image against the other images' patches.  Returns
+    ``{cue: (mean, spread)}`` (empty for the flow cue alone)."""
+    if model.config["score_cues"] == ["flow"]:
+        return {}
+    was_training = model.training
+    model.eval()
+    try:
+        parts = []
+        with model.autocast(images.device.type):
+            for chunk in torch.split(images, batch_size):
+                feats = model.features(chunk)
+                local, glob = model.reconstruct(feats)
+                parts.append((feats, local, glob, model.latents(feats, local, glob)))
+        knn = None
+        if "knn" in model.config["score_cues"]:
+            emb = torch.cat([patch_embedding(p[0]) for p in parts])
+            model.cue_memory = flatten_patches(emb).contiguous()
+            knn = knn_leave_one_out(emb, model.input_size)
+        maps, start = {}, 0
+        with autocast_off(images.device):
+            for feats, local, glob, zs in parts:
+                n = feats[0].shape[0]
+                got = cue_maps(model, zs, feats, local, glob, model.config["smooth_sigma"],
+                               knn_maps=None if knn is None else knn[start:start + n])
+                for cue, m in got.items():
+                    maps.setdefault(cue, []).append(m)
+                start += n
+        stats = {cue: calibration(torch.cat(m)) for cue, m in maps.items()}
+        for i, (mean, spread) in enumerate(stats.values()):
+            model.cue_mean[i], model.cue_spread[i] = mean, spread
+    finally:
+        model.train(was_training)
+    return stats
+
+
+__all__ = ["CUES", "cue_maps", "calibrate", "check_cues", "nearest_distances", "recon_error_map", "patch_embedding", "flatten_patches", "knn_map",
+           "knn_leave_one_out", "calibration"]
