@@ -1,0 +1,286 @@
+"""Ablation for issue 17 (accuracy that generalises): DADF variants and score cues against
+FastFlow (anomalib, same lite0 features) and kNN on the wider harness
+(:data:`dadf_fast.data.harness.HARNESS_DEV`, every defect type).
+
+Per category (one process each, ``--jobs`` at a time, one torch thread each), on the same
+data:
+
+* the baselines: ``fastflow`` (:mod:`fastflow_baseline`, anomalib's model and recipe) and
+  ``knn`` (:class:`dadf_fast.models.knn.KNNDetector`);
+* each DADF variant of ``--variants`` (see :data:`VARIANTS`: flow subnet, flow input, norm,
+  scored scales, schedule), trained once, then scored several ways from its cue maps:
+
+  - ``flow``: DADF's own map (the flows' likelihood, smoothed);
+  - ``flow+recon``: plus the dual-attention reconstruction error ``|F - R_l|^2 + |F - R_g|^2``;
+  - ``flow+knn``: plus the nearest-neighbour patch distance;
+  - ``flow+recon+knn``: all three.
+
+  Cues are combined after calibration on the normal training images: each map minus its
+  mean pixel value, divided by (mean per-image max - mean pixel value) on those images
+  (kNN distances of a training image are measured against the other images' patches).
+
+    python benchmarks/ablation_generalise.py --jobs 2 --json /tmp/abl.json
+    python benchmarks/ablation_generalise.py --categories coin fabric --variants lite ff
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# name -> (DADF constructor overrides, fit overrides)
+VARIANTS = {
+    "lite": ({}, {}),
+    # FastFlow's flows inside DADF: full-conv subnets on the features alone, [C,H,W] LayerNorm,
+    # all three scales, anomalib's schedule (Adam 1e-3, batch 8, 375 steps)
+    "ff": (dict(flow_subnet="conv", flow_input="features", flow_norm="image", score_scales=(0, 1, 2),
+                smooth_sigma=4.0),
+           dict(iters_flow=375, batch_size_flow=8, lr_flow=1e-3, grad_clip=None)),
+    # the same flows on DADF's input cat(F, R_l, R_g)
+    "ff_concat": (dict(flow_subnet="conv", flow_input="concat", flow_norm="image", score_scales=(0, 1, 2),
+                       smooth_sigma=4.0),
+                  dict(iters_flow=375, batch_size_flow=8, lr_flow=1e-3, grad_clip=None)),
+    # lite's depthwise flows on the features alone at all three scales
+    "dw_features": (dict(flow_input="features", score_scales=(0, 1, 2)), {}),
+    # lite with FastFlow's subnets (channel norm, strides 8/16)
+    "lite_conv": (dict(flow_subnet="conv"), {}),
+}
+CUE_SETS = (("flow",), ("flow", "recon"), ("flow", "knn"), ("flow", "recon", "knn"), ("recon",), ("knn",))
+SIGMA = 4.0
+
+
+def _maps_metrics(maps: np.ndarray, labels: np.ndarray, masks: np.ndarray) -> dict:
+    from dadf_fast import metrics
+
+    scores = maps.reshape(len(maps), -1).max(1)
+    return {"image_auroc": metrics.auroc(scores, labels), "pixel_auroc": metrics.pixel_auroc(maps, masks)}
+
+
+def _per_defect(maps, labels, defects) -> dict:
+    from dadf_fast import metrics
+
+    scores = maps.reshape(len(maps), -1).max(1)
+    good = scores[labels == 0]
+    out = {}
+    for d in sorted(set(defects) - {"good"}):
+        pos = scores[np.array([x == d for x in defects])]
+        out[d] = metrics.auroc(np.concatenate([pos, good]), np.r_[np.ones(len(pos)), np.zeros(len(good))])
+    return out
+
+
+@torch.no_grad()
+def dadf_cues(model, images: torch.Tensor, knn, batch: int = 8) -> dict:
+    """Raw cue maps ``[N, S, S]`` (unsmoothed) of ``images``: flow, recon, knn."""
+    from dadf_fast.models.inputs import model_input
+
+    out = {"flow": [], "recon": [], "knn": []}
+    size = model.input_size
+    for chunk in torch.split(images, batch):
+        x = model_input(chunk, model.backbone)
+        feats = model.features(x)
+        local, glob = model.reconstruct(feats)
+        zs = model.latents(feats, local, glob)
+        out["flow"].append(model.score(zs, smooth_sigma=0.0)["anomaly_map"][:, 0])
+        errs = []
+        for f, rl, rg in zip(feats, local, glob):
+            e = ((f - rl) ** 2).mean(1, keepdim=True) + ((f - rg) ** 2).mean(1, keepdim=True)
+            errs.append(F.interpolate(e, size=(size, size), mode="bilinear", align_corners=False))
+        out["recon"].append(torch.stack(errs).mean(0)[:, 0])
+        out["knn"].append(knn(chunk, smooth_sigma=0.0)["anomaly_map"][:, 0])
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+@torch.no_grad()
+def knn_leave_one_out(knn, images: torch.Tensor) -> torch.Tensor:
+    """kNN maps of training images against the memory of the *other* training images."""
+    from dadf_fast.models.knn import nearest_distances
+    from dadf_fast.models.inputs import model_input
+
+    emb = torch.cat([knn.embed(model_input(c, knn.backbone)) for c in torch.split(images, 8)])
+    n, d, h, w = emb.shape
+    flat = emb.permute(0, 2, 3, 1).reshape(n, h * w, d)
+    maps = []
+    for i in range(n):
+        others = torch.cat([flat[:i], flat[i + 1:]]).reshape(-1, d)
+        dist = nearest_distances(flat[i], others).view(1, 1, h, w)
+        maps.append(F.interpolate(dist, size=images.shape[-2:], mode="bilinear", align_corners=False)[0, 0])
+    return torch.stack(maps)
+
+
+def _smooth(m: torch.Tensor) -> torch.Tensor:
+    from dadf_fast.models.postprocess import gaussian_smooth
+
+    return gaussian_smooth(m[:, None], SIGMA)[:, 0]
+
+
+def combine(test: dict, calib: dict, cues) -> np.ndarray:
+    """Sum of the calibrated, smoothed cue maps of ``cues``."""
+    total = 0.0
+    for k in cues:
+        t, c = _smooth(test[k]), _smooth(calib[k])
+        mu = c.mean()
+        spread = c.flatten(1).amax(1).mean() - mu
+        total = total + (t - mu) / spread.clamp_min(1e-12)
+    return total.numpy()
+
+
+def run_category(cat: str, args) -> dict:
+    from dadf_fast import DADF
+    from dadf_fast.data import MVTecAD
+    from dadf_fast.data.harness import harness_defects
+    from dadf_fast.data.synthetic import make_dataset
+    from dadf_fast.models.knn import KNNDetector
+
+    torch.set_num_threads(args.threads)
+    root = os.path.join(args.out, "data")
+    make_dataset(root, categories=[cat], defects=harness_defects(cat), n_train=args.n_train,
+                 n_test_good=args.n_test_good, n_test_defect=args.n_test_defect, seed=args.seed)
+    train = MVTecAD(root, cat, "train")
+    test = MVTecAD(root, cat, "test")
+    from torch.utils.data import DataLoader
+    from dadf_fast.data import collate
+
+    batch = next(iter(DataLoader(test, batch_size=len(test), collate_fn=collate)))
+    timgs = batch["image"]
+    labels = np.asarray(batch["label"])
+    masks = (batch["mask"][:, 0].float() > 0.5).numpy()
+    defects = list(batch["defect"])
+    train_imgs = torch.stack([train[i]["image"] for i in range(len(train))])
+    res = {"category": cat, "baselines": {}, "dadf": {}}
+
+    torch.manual_seed(args.seed)
+    knn = KNNDetector(seed=args.seed)
+    t0 = time.perf_counter()
+    knn.fit(train_imgs, progress=False, log=None)
+    knn_fit = time.perf_counter() - t0
+    kmaps = knn.predict(timgs)["anomaly_map"][:, 0].numpy()
+    res["baselines"]["knn"] = dict(_maps_metrics(kmaps, labels, masks), fit_s=knn_fit,
+                                   per_defect=_per_defect(kmaps, labels, defects))
+    knn_calib = knn_leave_one_out(knn, train_imgs)
+
+    if "fastflow" in args.baselines:
+        sys.path.insert(0, HERE)
+        from fastflow_baseline import FastFlowBaseline
+
+        torch.manual_seed(args.seed)
+        ff = FastFlowBaseline(seed=args.seed)
+        t0 = time.perf_counter()
+        ff.fit(train_imgs, progress=False, log=lambda *a: None, **({"epochs": 1} if args.smoke else {}))
+        ff_fit = time.perf_counter() - t0
+        fmaps = ff.predict(timgs)["anomaly_map"][:, 0].numpy()
+        res["baselines"]["fastflow"] = dict(_maps_metrics(fmaps, labels, masks), fit_s=ff_fit,
+                                            per_defect=_per_defect(fmaps, labels, defects))
+        del ff
+
+    for name in args.variants:
+        ctor, fit_kw = VARIANTS[name]
+        torch.manual_seed(args.seed)
+        model = DADF("lite", **ctor)
+        t0 = time.perf_counter()
+        if args.smoke:
+            fit_kw = dict(fit_kw, iters_flow=3, epochs_recon=1)
+        model.fit(train_imgs, recipe="lite", seed=args.seed, progress=False, log=None, **fit_kw)
+        fit_s = time.perf_counter() - t0
+        model.eval()
+        test_c = dadf_cues(model, timgs, knn)
+        calib = dadf_cues(model, train_imgs, knn)
+        calib["knn"] = knn_calib
+        row = {"fit_s": fit_s}
+        for cues in CUE_SETS:
+            maps = combine(test_c, calib, cues)
+            row["+".join(cues)] = dict(_maps_metrics(maps, labels, masks), per_defect=_per_defect(maps, labels, defects))
+        res["dadf"][name] = row
+        del model
+    return res
+
+
+def _child(cat: str, args, path: str) -> subprocess.Popen:
+    cmd = [sys.executable, os.path.abspath(__file__), "--categories", cat, "--jobs", "1", "--json", path,
+           "--variants", *args.variants, "--baselines", *args.baselines, "--out", args.out, "--seed", str(args.seed),
+           "--threads", str(args.threads), "--n-train", str(args.n_train), "--n-test-good", str(args.n_test_good),
+           "--n-test-defect", str(args.n_test_defect)] + (["--smoke"] if args.smoke else [])
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+
+
+def summary(results: list, variants) -> str:
+    lines = []
+    methods = [("fastflow", lambda r: r["baselines"].get("fastflow")), ("knn", lambda r: r["baselines"]["knn"])]
+    for v in variants:
+        for cues in CUE_SETS:
+            key = "+".join(cues)
+            methods.append((f"{v}:{key}", lambda r, v=v, key=key: r["dadf"][v][key]))
+    cats = [r["category"] for r in results]
+    lines.append("| method | " + " | ".join(cats) + " | mean | worst |")
+    lines.append("| --- |" + " ---: |" * (len(cats) + 2))
+    for name, get in methods:
+        vals = [get(r) for r in results]
+        if any(v is None for v in vals):
+            continue
+        img = [v["image_auroc"] for v in vals]
+        pix = [v["pixel_auroc"] for v in vals]
+        cells = [f"{a:.3f}/{b:.3f}" for a, b in zip(img, pix)]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | **{np.mean(img):.3f}/{np.mean(pix):.3f}** | "
+                     f"{min(img):.3f}/{min(pix):.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from dadf_fast.data.harness import HARNESS_DEV
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--categories", nargs="+", default=list(HARNESS_DEV))
+    p.add_argument("--variants", nargs="+", default=["lite", "ff"], choices=sorted(VARIANTS))
+    p.add_argument("--baselines", nargs="*", default=["fastflow"], choices=["fastflow"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-train", type=int, default=40)
+    p.add_argument("--n-test-good", type=int, default=16)
+    p.add_argument("--n-test-defect", type=int, default=32)
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "ablation_generalise"))
+    p.add_argument("--json")
+    p.add_argument("--smoke", action="store_true", help="1 epoch / 3 steps of training: checks the script runs")
+    args = p.parse_args(argv)
+    t0 = time.perf_counter()
+    if args.jobs > 1 or (args.json is None and len(args.categories) > 1):
+        pending = list(args.categories)
+        running, results = [], []
+        tmp = tempfile.mkdtemp(prefix="abl_")
+        while pending or running:
+            while pending and len(running) < args.jobs:
+                cat = pending.pop(0)
+                path = os.path.join(tmp, f"{cat.replace('@', '_')}.json")
+                running.append((cat, path, _child(cat, args, path)))
+            time.sleep(2)
+            for item in list(running):
+                if item[2].poll() is not None:
+                    running.remove(item)
+                    if item[2].returncode != 0:
+                        print(f"{item[0]}: failed (exit {item[2].returncode})", file=sys.stderr)
+                        continue
+                    with open(item[1]) as fh:
+                        results.extend(json.load(fh))
+                    print(f"done {item[0]} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        order = {c: i for i, c in enumerate(args.categories)}
+        results.sort(key=lambda r: order[r["category"]])
+    else:
+        results = [run_category(c, args) for c in args.categories]
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=1)
+    print(summary(results, args.variants))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
