@@ -38,22 +38,23 @@ import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-# name -> (DADF constructor overrides, fit overrides)
+# name -> (DADF constructor overrides, fit overrides); every variant is built with the flow
+# cue alone (score_cues=("flow",)): this script computes and combines the cues itself
+_FF_FIT = dict(iters_flow=375, batch_size_flow=8, lr_flow=1e-3, grad_clip=1.0)
 VARIANTS = {
-    "lite": ({}, {}),
+    # the lite preset and recipe before issue 17: depthwise flows on cat(F, R_l, R_g), per-position
+    # norm, strides 8/16, 432 steps at Adam 2e-3, batch 16, clipping 1
+    "lite_v1": (dict(flow_norm="channel", flow_subnet="depthwise", flow_input="concat", score_scales=(1, 2),
+                     smooth_sigma=4.0),
+                dict(iters_flow=432, batch_size_flow=16, lr_flow=2e-3, grad_clip=1.0)),
     # FastFlow's flows inside DADF: full-conv subnets on the features alone, [C,H,W] LayerNorm,
-    # all three scales, anomalib's schedule (Adam 1e-3, batch 8, 375 steps)
+    # all three scales, anomalib's schedule (Adam 1e-3, batch 8, 375 steps) with gradient-norm
+    # clipping 1: the lite preset and recipe now
     "ff": (dict(flow_subnet="conv", flow_input="features", flow_norm="image", score_scales=(0, 1, 2),
-                smooth_sigma=4.0),
-           dict(iters_flow=375, batch_size_flow=8, lr_flow=1e-3, grad_clip=None)),
+                smooth_sigma=4.0), _FF_FIT),
     # the same flows on DADF's input cat(F, R_l, R_g)
     "ff_concat": (dict(flow_subnet="conv", flow_input="concat", flow_norm="image", score_scales=(0, 1, 2),
-                       smooth_sigma=4.0),
-                  dict(iters_flow=375, batch_size_flow=8, lr_flow=1e-3, grad_clip=None)),
-    # lite's depthwise flows on the features alone at all three scales
-    "dw_features": (dict(flow_input="features", score_scales=(0, 1, 2)), {}),
-    # lite with FastFlow's subnets (channel norm, strides 8/16)
-    "lite_conv": (dict(flow_subnet="conv"), {}),
+                       smooth_sigma=4.0), _FF_FIT),
 }
 CUE_SETS = (("flow",), ("flow", "recon"), ("flow", "knn"), ("flow", "recon", "knn"), ("recon",), ("knn",))
 SIGMA = 4.0
@@ -185,7 +186,7 @@ def run_category(cat: str, args) -> dict:
     for name in args.variants:
         ctor, fit_kw = VARIANTS[name]
         torch.manual_seed(args.seed)
-        model = DADF("lite", **ctor)
+        model = DADF("lite", score_cues=("flow",), **ctor)
         t0 = time.perf_counter()
         if args.smoke:
             fit_kw = dict(fit_kw, iters_flow=3, epochs_recon=1)
@@ -196,6 +197,15 @@ def run_category(cat: str, args) -> dict:
         calib = dadf_cues(model, train_imgs, knn)
         calib["knn"] = knn_calib
         row = {"fit_s": fit_s}
+        if args.save_maps:
+            # smoothed cue maps (float16) for trying other combinations offline
+            os.makedirs(args.save_maps, exist_ok=True)
+            np.savez_compressed(
+                os.path.join(args.save_maps, f"{cat.replace('@', '_')}_{name}.npz"),
+                labels=labels, masks=masks, defects=np.array(defects),
+                **{f"test_{k}": _smooth(v).numpy().astype(np.float16) for k, v in test_c.items()},
+                **{f"calib_{k}": _smooth(v).numpy().astype(np.float16) for k, v in calib.items()},
+                **({"test_fastflow": fmaps.astype(np.float16)} if "fastflow" in args.baselines else {}))
         for cues in CUE_SETS:
             maps = combine(test_c, calib, cues)
             row["+".join(cues)] = dict(_maps_metrics(maps, labels, masks), per_defect=_per_defect(maps, labels, defects))
@@ -208,7 +218,8 @@ def _child(cat: str, args, path: str) -> subprocess.Popen:
     cmd = [sys.executable, os.path.abspath(__file__), "--categories", cat, "--jobs", "1", "--json", path,
            "--variants", *args.variants, "--baselines", *args.baselines, "--out", args.out, "--seed", str(args.seed),
            "--threads", str(args.threads), "--n-train", str(args.n_train), "--n-test-good", str(args.n_test_good),
-           "--n-test-defect", str(args.n_test_defect)] + (["--smoke"] if args.smoke else [])
+           "--n-test-defect", str(args.n_test_defect)] + (["--smoke"] if args.smoke else []) \
+        + (["--save-maps", args.save_maps] if args.save_maps else [])
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
 
 
@@ -239,7 +250,7 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--categories", nargs="+", default=list(HARNESS_DEV))
-    p.add_argument("--variants", nargs="+", default=["lite", "ff"], choices=sorted(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=["ff"], choices=sorted(VARIANTS))
     p.add_argument("--baselines", nargs="*", default=["fastflow"], choices=["fastflow"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-train", type=int, default=40)
@@ -249,6 +260,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "ablation_generalise"))
     p.add_argument("--json")
+    p.add_argument("--save-maps", help="write each category's smoothed cue maps here (npz)")
     p.add_argument("--smoke", action="store_true", help="1 epoch / 3 steps of training: checks the script runs")
     args = p.parse_args(argv)
     t0 = time.perf_counter()

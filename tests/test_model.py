@@ -11,7 +11,9 @@ from dadf_fast.models.backbone import lite0_state_dict
 @pytest.fixture(scope="module")
 def lite():
     torch.manual_seed(0)
-    return DADF("lite", input_size=64, backend="torch").eval()
+    m = DADF("lite", input_size=64, backend="torch").eval()
+    m.calibrate(torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(5)))  # what fit() does last
+    return m
 
 
 def test_lite0_weights_classify_a_real_cat_photo():
@@ -34,8 +36,12 @@ def test_lite_preset_shapes_and_ranges(lite):
     assert out["anomaly_map"].shape == (2, 1, 64, 64)
     assert out["score"].shape == (2,)
     amap = out["anomaly_map"]
-    assert torch.isfinite(amap).all() and float(amap.min()) >= 0 and float(amap.max()) <= 1
+    # the sum of the three calibrated cues: each normal calibration image peaks near 1 per cue
+    assert lite.config["score_cues"] == ["flow", "recon", "knn"] and torch.isfinite(amap).all()
     torch.testing.assert_close(out["score"], amap.flatten(1).max(1).values)
+    flow_only = DADF("lite", input_size=64, backend="torch", score_cues=("flow",)).eval()
+    fmap = flow_only.predict(x)["anomaly_map"]
+    assert float(fmap.min()) >= 0 and float(fmap.max()) <= 1  # the flows' likelihood map
     assert [tuple(f.shape[1:]) for f in lite.features(x)] == [(24, 16, 16), (40, 8, 8), (112, 4, 4)]
 
 

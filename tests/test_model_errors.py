@@ -22,7 +22,10 @@ def _tiny(**kw):
     torch.manual_seed(0)
     args = dict(input_size=S, depth=1, flow_steps=2, backend="torch", pretrained=False)
     args.update(kw)
-    return DADF("lite", **args).eval()
+    m = DADF("lite", **args).eval()
+    # the kNN cue's memory and the cue calibration (what fit() does last)
+    m.calibrate(torch.randn(3, 3, S, S, generator=torch.Generator().manual_seed(5)))
+    return m
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +70,20 @@ BAD_TRAIN = [
     (lambda: [{"image": torch.randn(3, S, S)}, {"image": torch.randn(3, 48, 48)}], ValueError,
      "train_data[1] must be 64x64"),
     (lambda: [{"mask": torch.zeros(1, S, S)}], ValueError, "train_data[0] is a dict without an 'image'"),
-    (lambda: [(torch.randn(3, S, S).double(), 0)], None, None),  # any float dtype is fine
+    (lambda: [(torch.randn(3, S, S).double(), 0)] * 2, None, None),  # any float dtype is fine
     (lambda: "images/", TypeError, "train_data must be a tensor"),
 ]
+
+
+def test_dadf_fit_with_one_image_is_refused_up_front(tmp_path):
+    """The kNN cue calibrates each training image against the others: one image cannot."""
+    with pytest.raises(ValueError) as ei:
+        _tiny().fit(torch.randn(1, 3, S, S), recipe="lite", progress=False, log=None, out_dir=tmp_path / "run")
+    _one_line(ei, "train_data holds 1 image; the model's kNN score cue")
+    assert not os.path.exists(tmp_path / "run" / "stage1.pt")
+    res = _tiny(score_cues=("flow", "recon")).fit(torch.randn(1, 3, S, S), recipe="lite", epochs_recon=1,
+                                                 iters_flow=1, progress=False, log=None)
+    assert len(res["loss_flow"]) == 1
 
 
 @pytest.mark.parametrize("make,exc,needle", BAD_TRAIN)

@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs-recon", type=positive_int, default=None, help="stage-1 (reconstruction) epochs")
     p.add_argument("--epochs-flow", type=positive_int, default=None, help="stage-2 (flow) epochs")
     p.add_argument("--iters-flow", type=positive_int, default=None,
-                   help="stage-2 optimiser steps (replaces --epochs-flow; the lite recipe's default: 432)")
+                   help="stage-2 optimiser steps (replaces --epochs-flow; the lite recipe's default: 375)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="compute precision (mixed precision on GPU: bfloat16; saved in the checkpoint)")
     p.add_argument("--seed", type=seed_int, default=0)

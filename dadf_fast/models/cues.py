@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from dadf_fast import ops
 from dadf_fast.models.postprocess import gaussian_smooth
+from dadf_fast.utils.checks import check_number
 from dadf_fast.utils.precision import autocast_off
 
 CUES = ("flow", "recon", "knn")
@@ -64,6 +65,15 @@ def check_cues(cues) -> tuple:
     if not items or any(c not in CUES for c in items) or len(set(items)) != len(items):
         raise ValueError(f"score_cues must be a non-empty subset of {CUES}, got {cues!r}")
     return tuple(c for c in CUES if c in items)
+
+
+def check_weights(weights, cues) -> tuple:
+    """``weights`` (None: 1 per cue) as a tuple of floats, one finite number > 0 per cue."""
+    if weights is None:
+        return (1.0,) * len(cues)
+    if isinstance(weights, (str, bytes)) or not hasattr(weights, "__iter__") or len(list(weights)) != len(cues):
+        raise ValueError(f"cue_weights must be {len(cues)} numbers > 0 (one per cue of {cues}), got {weights!r}")
+    return tuple(check_number("DADF", "cue_weights", w, positive=True) for w in weights)
 
 
 def upsample(m: torch.Tensor, size: int) -> torch.Tensor:
@@ -185,5 +195,5 @@ def calibrate(model, images: torch.Tensor, batch_size: int = 16) -> dict:
     return stats
 
 
-__all__ = ["CUES", "cue_maps", "calibrate", "check_cues", "nearest_distances", "recon_error_map", "patch_embedding", "flatten_patches", "knn_map",
+__all__ = ["CUES", "cue_maps", "calibrate", "check_cues", "check_weights", "nearest_distances", "recon_error_map", "patch_embedding", "flatten_patches", "knn_map",
            "knn_leave_one_out", "calibration"]

@@ -86,6 +86,10 @@ class DADF(nn.Module):
         backend: ``"auto"``, ``"torch"`` (the reference computation), ``"triton"``, ``"cpp"``.
         flow_norm: the flows' input normalisation, ``"image"`` (DADF's ``LayerNorm([C, H, W])``)
             or ``"channel"`` (per position over channels; the lite preset's, docs/accuracy.md).
+        score_cues: what the anomaly map is made of: ``("flow",)`` (the flows' likelihood, the
+            paper's) or several of ``"flow"``, ``"recon"`` (the dual-attention reconstruction
+            error), ``"knn"`` (nearest training patch distance), each calibrated on the normal
+            training images and summed with ``cue_weights`` (:mod:`dadf_fast.models.cues`).
         flow_subnet: the coupling subnets, ``"depthwise"`` (DADF's) or ``"conv"`` (FastFlow's full
             3x3/1x1 convolutions).  flow_input: ``"concat"`` (DADF's ``cat(F, R_l, R_g)``) or
             ``"features"`` (the backbone features alone; the reconstructions then enter the score only).
@@ -99,7 +103,8 @@ class DADF(nn.Module):
     ``forward(images [B,3,S,S])``: in training mode returns the stage losses
     (``stage=1``: reconstruction, ``stage=2``: flows, ``None``: both, as ``loss_recon``,
     ``loss_flow`` and their sum ``loss``); in eval mode returns ``anomaly_map [B,1,S,S]``
-    (in [0, 1], larger = more anomalous) and ``score [B]`` (max of the map).
+    (larger = more anomalous: in [0, 1] with the flow cue alone, calibrated units with several
+    ``score_cues``) and ``score [B]`` (max of the map).
 
     Scoring uses the flows of ``score_scales`` (indices into strides 4/8/16; the paper uses
     all three) and an optional Gaussian smoothing ``smooth_sigma`` of the map before the max
@@ -117,7 +122,7 @@ class DADF(nn.Module):
                  num_heads: int | None = None, flow_steps: int | None = None, clamp: float = 2.0,
                  backend: str = "auto", backbone_weights: str | None = None, score_scales=None,
                  smooth_sigma: float | None = None, flow_norm: str | None = None, flow_subnet: str | None = None,
-                 flow_input: str | None = None, score_cues=None, dtype="float32"):
+                 flow_input: str | None = None, score_cues=None, cue_weights=None, dtype="float32"):
         super().__init__()
         if not isinstance(preset, str) or preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
@@ -157,10 +162,15 @@ class DADF(nn.Module):
         score_scales = [int(s) for s in score_scales]
         smooth_sigma = check_number("DADF", "smooth_sigma", preset_sigma if smooth_sigma is None else smooth_sigma,
                                     nonnegative=True)
-        preset_cues = cfg.pop("score_cues", ("flow",))
+        preset_cues, preset_weights = cfg.pop("score_cues", ("flow",)), cfg.pop("cue_weights", None)
         score_cues = cue_maps.check_cues(preset_cues if score_cues is None else score_cues)
+        if cue_weights is None:
+            # the preset's weights belong to the preset's cues; other cues weigh 1 each
+            cue_weights = preset_weights if score_cues == cue_maps.check_cues(preset_cues) else None
+        cue_weights = cue_maps.check_weights(cue_weights, score_cues)
         self.config = dict(preset=preset, input_size=input_size, clamp=float(clamp), score_scales=sorted(score_scales),
-                           smooth_sigma=smooth_sigma, score_cues=list(score_cues), dtype=_DTYPE_NAMES[compute_dtype],
+                           smooth_sigma=smooth_sigma, score_cues=list(score_cues), cue_weights=list(cue_weights),
+                           dtype=_DTYPE_NAMES[compute_dtype],
                            **cfg)
         self.compute_dtype = compute_dtype
         self.backend = backend
@@ -271,7 +281,8 @@ class DADF(nn.Module):
                     score = amap.flatten(1).amax(1)
                 return {"anomaly_map": amap, "score": score}
             maps = cue_maps.cue_maps(self, zs, feats, local, glob, sigma)
-            amap = sum((m - self.cue_mean[i]) / self.cue_spread[i] for i, m in enumerate(maps.values()))
+            w = self.config["cue_weights"]
+            amap = sum(w[i] * (m - self.cue_mean[i]) / self.cue_spread[i] for i, m in enumerate(maps.values()))
         return {"anomaly_map": amap, "score": amap.flatten(1).amax(1)}
 
     def cue_maps(self, zs, feats, local, glob, sigma) -> dict:

@@ -209,6 +209,10 @@ class FlowStage(nn.Module):
     def forward(self, x, compute_logdet: bool = True):
         if x.dim() != 4 or tuple(x.shape[1:]) != (self.channels, *self.size):
             raise ValueError(f"FlowStage expects [B, {self.channels}, {self.size[0]}, {self.size[1]}], got {tuple(x.shape)}")
+        if torch.is_autocast_enabled(x.device.type) and x.dtype != torch.float32:
+            # the flow's input norm and coupling epilogue are float32 islands under mixed
+            # precision (the subnets alone run in the low precision)
+            x = x.float()
         z = self.norm(x)
         if not compute_logdet:
             for step in self.steps:

@@ -16,6 +16,7 @@ from dadf_fast.nn import ChannelLayerNorm, FlowStage, reconstruction_loss
 
 def _tiny(**kw):
     torch.manual_seed(0)
+    kw.setdefault("score_cues", ("flow",))  # the flows' own map: the precision of the flows
     return DADF("lite", pretrained=False, input_size=64, depth=1, flow_steps=2, **kw).eval()
 
 
@@ -101,8 +102,8 @@ def test_dtype_survives_save_load(tmp_path):
 
 
 def test_flow_norm_option_and_presets():
-    assert isinstance(DADF("lite", pretrained=False, input_size=64).flows[1].norm, ChannelLayerNorm)
-    assert isinstance(DADF("lite", pretrained=False, input_size=64, flow_norm="image").flows[1].norm, nn.LayerNorm)
+    assert isinstance(DADF("lite", pretrained=False, input_size=64, flow_norm="channel").flows[1].norm, ChannelLayerNorm)
+    assert isinstance(DADF("lite", pretrained=False, input_size=64).flows[1].norm, nn.LayerNorm)
     from dadf_fast.models.presets import PRESETS
 
     assert PRESETS["paper"]["flow_norm"] == "image"  # the official computation

@@ -11,6 +11,7 @@ from dadf_fast.nn import FlowStage, conv_subnet
 
 def _tiny(**kw):
     torch.manual_seed(0)
+    kw.setdefault("score_cues", ("flow",))
     return DADF("lite", pretrained=False, input_size=64, depth=1, flow_steps=2, **kw).eval()
 
 
@@ -77,7 +78,7 @@ def test_options_are_validated_and_saved(tmp_path):
 
 
 def test_checkpoint_without_the_options_loads_as_dadfs_flows(tmp_path):
-    m = _tiny()
+    m = _tiny(flow_subnet="depthwise", flow_input="concat")
     m.save(tmp_path / "m.pt")
     payload = torch.load(tmp_path / "m.pt", weights_only=True)
     del payload["config"]["flow_subnet"], payload["config"]["flow_input"]

@@ -40,7 +40,7 @@ def test_cues_are_validated():
 
 def test_flow_cue_alone_is_the_old_model():
     """No calibration buffers, the same state dict keys and the same map as before the option."""
-    m = _tiny()
+    m = _tiny(score_cues=("flow",))
     assert m.config["score_cues"] == ["flow"]
     assert not any(k.startswith("cue_") for k in m.state_dict())
     assert m.calibrate(torch.randn(2, 3, 64, 64)) == {}
@@ -94,7 +94,8 @@ def test_map_is_the_sum_of_calibrated_cues(fitted, images):
         knn = F.interpolate(_brute_knn(cues.patch_embedding(feats), bank), size=(64, 64), mode="bilinear",
                             align_corners=False)
     torch.testing.assert_close(raw["knn"], gaussian_smooth(knn, m.config["smooth_sigma"]), rtol=1e-4, atol=1e-4)
-    want = sum((raw[c] - m.cue_mean[i]) / m.cue_spread[i] for i, c in enumerate(ALL))
+    assert m.config["cue_weights"] == [1.0, 0.25, 1.0]  # the lite preset's
+    want = sum(w * (raw[c] - m.cue_mean[i]) / m.cue_spread[i] for i, (c, w) in enumerate(zip(ALL, (1.0, 0.25, 1.0))))
     torch.testing.assert_close(out["anomaly_map"], want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out["score"], want.flatten(1).amax(1), rtol=1e-5, atol=1e-5)
 
@@ -113,9 +114,30 @@ def test_checkpoint_round_trip_with_any_memory_size(fitted, tmp_path):
 
 
 def test_checkpoint_without_score_cues_loads_as_flow_only(tmp_path):
-    m = _tiny()
+    m = _tiny(score_cues=("flow",))
     m.save(tmp_path / "m.pt")
     payload = torch.load(tmp_path / "m.pt", weights_only=True)
     del payload["config"]["score_cues"]
     torch.save(payload, tmp_path / "old.pt")
     assert DADF.load(tmp_path / "old.pt").config["score_cues"] == ["flow"]
+
+
+def test_cue_weights(fitted, images):
+    """The map is the weighted sum of the calibrated cues; weights are checked and saved."""
+    m = _tiny(score_cues=ALL, cue_weights=(1.0, 0.25, 2))
+    assert m.config["cue_weights"] == [1.0, 0.25, 2.0]
+    m.load_state_dict(fitted.state_dict())
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    from dadf_fast.models.inputs import model_input
+
+    with torch.no_grad():
+        xi = model_input(x, m.backbone)
+        feats = m.features(xi)
+        local, glob = m.reconstruct(feats)
+        raw = cues.cue_maps(m, m.latents(feats, local, glob), feats, local, glob, m.config["smooth_sigma"])
+    want = sum(w * (raw[c] - m.cue_mean[i]) / m.cue_spread[i] for i, (c, w) in enumerate(zip(ALL, (1.0, 0.25, 2.0))))
+    torch.testing.assert_close(m.predict(x)["anomaly_map"], want, rtol=1e-5, atol=1e-5)
+    for bad in ((1.0, 1.0), (1.0, 0.0, 1.0), (1.0, float("nan"), 1.0), "1,1,1"):
+        with pytest.raises(ValueError, match="cue_weights"):
+            _tiny(score_cues=ALL, cue_weights=bad)
+    assert _tiny(score_cues=("flow", "knn")).config["cue_weights"] == [1.0, 1.0]

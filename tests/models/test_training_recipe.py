@@ -15,7 +15,7 @@ def test_lite_recipe_counts_flow_steps_not_epochs():
     from dadf_fast.models.training import LITE_FLOW_ITERS, FitConfig
 
     cfg = FitConfig.for_recipe("lite")
-    assert cfg.iters_flow == LITE_FLOW_ITERS and cfg.lr_flow == 2e-3
+    assert cfg.iters_flow == LITE_FLOW_ITERS == 375 and cfg.lr_flow == 1e-3 and cfg.batch_size_flow == 8
     # an explicit epoch count replaces the recipe's step count
     assert FitConfig.for_recipe("lite", epochs_flow=3).iters_flow is None
     assert FitConfig.for_recipe("paper").iters_flow is None
