@@ -85,7 +85,7 @@ class DADF(nn.Module):
         clamp: affine clamping of the coupling steps.
         backend: ``"auto"``, ``"torch"`` (the reference computation), ``"triton"``, ``"cpp"``.
         flow_norm: the flows' input normalisation, ``"image"`` (DADF's ``LayerNorm([C, H, W])``)
-            or ``"channel"`` (per position over channels; the lite preset's, docs/accuracy.md).
+            or ``"channel"`` (per position over channels; the previous lite preset's, docs/accuracy_history.md).
         score_cues: what the anomaly map is made of: ``("flow",)`` (the flows' likelihood, the
             paper's) or several of ``"flow"``, ``"recon"`` (the dual-attention reconstruction
             error), ``"knn"`` (nearest training patch distance), each calibrated on the normal
@@ -98,7 +98,7 @@ class DADF(nn.Module):
             backbone, the transformer blocks and the flow subnets, while the weights, the
             transformer's patch embedding and decoders, the flow input norm, the coupling
             epilogue, log-det, NLL and scoring stay float32 (the coupling ops receive float32
-            ``x`` and the subnet output cast up).  Demo accuracy: docs/accuracy.md.
+            ``x`` and the subnet output cast up).  Demo accuracy: docs/accuracy_history.md.
 
     ``forward(images [B,3,S,S])``: in training mode returns the stage losses
     (``stage=1``: reconstruction, ``stage=2``: flows, ``None``: both, as ``loss_recon``,
@@ -108,7 +108,7 @@ class DADF(nn.Module):
 
     Scoring uses the flows of ``score_scales`` (indices into strides 4/8/16; the paper uses
     all three) and an optional Gaussian smoothing ``smooth_sigma`` of the map before the max
-    (see docs/accuracy.md for why the lite preset scores strides 8/16 with sigma 4).
+    (docs/accuracy.md: the lite preset scores all three with sigma 4).
     Only the scored flows are trained in stage 2.
 
     Inference is the composition of :data:`INFERENCE_STAGES`, each a method

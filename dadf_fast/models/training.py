@@ -47,7 +47,7 @@ class FitConfig:
     lr_flow: float = 1e-3
     weight_decay_flow: float = 1e-5
     grad_clip: float | None = None
-    train_flow_norm: bool = True  # False freezes the flows' [C,H,W] LayerNorm affine (docs/accuracy.md)
+    train_flow_norm: bool = True  # False freezes the flows' [C,H,W] LayerNorm affine (docs/accuracy_history.md)
     # fraction of the normal images held out in stage 2; the flow weights of the epoch with
     # the lowest held-out NLL are kept (0 disables early stopping)
     val_fraction: float = 0.0

@@ -150,7 +150,7 @@ class ChannelLayerNorm(nn.Module):
 
     Unlike a LayerNorm over ``[C, H, W]`` (DADF's flow-input norm), a position's output does not
     depend on the rest of the image, and the affine has ``2C`` parameters instead of ``2CHW``
-    (docs/accuracy.md: with a few dozen training images the per-activation affine overfits and
+    (docs/accuracy_history.md: with a few dozen training images the per-activation affine overfits and
     the image-wide statistics move every position's likelihood when part of a normal image looks
     unusual).  Computed in NCHW, float32 statistics for reduced-precision inputs.
     """

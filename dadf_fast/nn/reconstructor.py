@@ -99,7 +99,7 @@ class Reconstructor(nn.Module):
         # float32.  Both are one GEMM per scale (cheap next to the blocks), but their rounding
         # reaches the reconstructions the flows score: with them in bf16 the demo's image
         # AUROC drops 5.5 points, with them in float32 it is within 0.2 of float32
-        # (docs/accuracy.md).  The blocks (attention, MLPs) stay in the autocast dtype.
+        # (docs/accuracy_history.md).  The blocks (attention, MLPs) stay in the autocast dtype.
         with autocast_off(feats[0].device):
             x = torch.cat([emb(f.float()).flatten(2) for emb, f in zip(self.patch_embed, feats)], dim=1)
         x = x.transpose(1, 2) + self.pos_embed

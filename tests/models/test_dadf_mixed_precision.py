@@ -42,7 +42,7 @@ def test_bf16_keeps_float32_islands(images):
         local, glob = m.reconstructor(feats)
         inputs = m.flow_inputs(feats, local, glob)
         assert feats[1].dtype == torch.bfloat16  # the backbone runs in bf16
-        # the reconstructor's embedding and decoders are float32 (docs/accuracy.md), its blocks bf16
+        # the reconstructor's embedding and decoders are float32 (docs/accuracy_history.md), its blocks bf16
         assert local[1].dtype == glob[1].dtype == torch.float32
         z, logdet = m.flows[1](inputs[1])
         assert z.dtype == logdet.dtype == torch.float32
