@@ -34,7 +34,8 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from dadf_fast.models import cues as cue_maps
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -92,30 +93,18 @@ def dadf_cues(model, images: torch.Tensor, knn, batch: int = 8) -> dict:
         local, glob = model.reconstruct(feats)
         zs = model.latents(feats, local, glob)
         out["flow"].append(model.score(zs, smooth_sigma=0.0)["anomaly_map"][:, 0])
-        errs = []
-        for f, rl, rg in zip(feats, local, glob):
-            e = ((f - rl) ** 2).mean(1, keepdim=True) + ((f - rg) ** 2).mean(1, keepdim=True)
-            errs.append(F.interpolate(e, size=(size, size), mode="bilinear", align_corners=False))
-        out["recon"].append(torch.stack(errs).mean(0)[:, 0])
+        out["recon"].append(cue_maps.recon_error_map(feats, local, glob, size)[:, 0])
         out["knn"].append(knn(chunk, smooth_sigma=0.0)["anomaly_map"][:, 0])
     return {k: torch.cat(v) for k, v in out.items()}
 
 
 @torch.no_grad()
 def knn_leave_one_out(knn, images: torch.Tensor) -> torch.Tensor:
-    """kNN maps of training images against the memory of the *other* training images."""
-    from dadf_fast.models.knn import nearest_distances
+    """kNN maps ``[N, S, S]`` of training images against the memory of the *other* training images."""
     from dadf_fast.models.inputs import model_input
 
     emb = torch.cat([knn.embed(model_input(c, knn.backbone)) for c in torch.split(images, 8)])
-    n, d, h, w = emb.shape
-    flat = emb.permute(0, 2, 3, 1).reshape(n, h * w, d)
-    maps = []
-    for i in range(n):
-        others = torch.cat([flat[:i], flat[i + 1:]]).reshape(-1, d)
-        dist = nearest_distances(flat[i], others).view(1, 1, h, w)
-        maps.append(F.interpolate(dist, size=images.shape[-2:], mode="bilinear", align_corners=False)[0, 0])
-    return torch.stack(maps)
+    return cue_maps.knn_leave_one_out(emb, images.shape[-1])[:, 0]
 
 
 def _smooth(m: torch.Tensor) -> torch.Tensor:
