@@ -53,9 +53,22 @@ VARIANTS = {
     # clipping 1: the lite preset and recipe now
     "ff": (dict(flow_subnet="conv", flow_input="features", flow_norm="image", score_scales=(0, 1, 2),
                 smooth_sigma=4.0), _FF_FIT),
-    # the same flows on DADF's input cat(F, R_l, R_g)
+    # one factor of lite_v1 at a time on top of "ff" (what made the old flows weaker):
+    # the flow input cat(F, R_l, R_g),
     "ff_concat": (dict(flow_subnet="conv", flow_input="concat", flow_norm="image", score_scales=(0, 1, 2),
                        smooth_sigma=4.0), _FF_FIT),
+    # the depthwise subnets,
+    "ff_depthwise": (dict(flow_subnet="depthwise", flow_input="features", flow_norm="image", score_scales=(0, 1, 2),
+                          smooth_sigma=4.0), _FF_FIT),
+    # the per-position (channel) norm,
+    "ff_channelnorm": (dict(flow_subnet="conv", flow_input="features", flow_norm="channel", score_scales=(0, 1, 2),
+                            smooth_sigma=4.0), _FF_FIT),
+    # the scored scales 8/16 (the stride-4 flow is neither trained nor scored),
+    "ff_s816": (dict(flow_subnet="conv", flow_input="features", flow_norm="image", score_scales=(1, 2),
+                     smooth_sigma=4.0), _FF_FIT),
+    # lite_v1's schedule (432 steps at Adam 2e-3, batch 16)
+    "ff_v1schedule": (dict(flow_subnet="conv", flow_input="features", flow_norm="image", score_scales=(0, 1, 2),
+                           smooth_sigma=4.0), dict(iters_flow=432, batch_size_flow=16, lr_flow=2e-3, grad_clip=1.0)),
 }
 CUE_SETS = (("flow",), ("flow", "recon"), ("flow", "knn"), ("flow", "recon", "knn"), ("recon",), ("knn",))
 SIGMA = 4.0

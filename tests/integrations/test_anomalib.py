@@ -210,3 +210,54 @@ def test_lightning_to_torch_export(tmp_path):
     assert type(loaded.model.fast_flow_blocks[0][0]) is AllInOneBlock
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(images).anomaly_map, ref, rtol=1e-6, atol=1e-6)
+
+
+def _engine_fit(root, out, accelerated: bool, steps_from=None):
+    """One epoch of anomalib's ``Engine().fit`` of a small FastFlow on the images in ``root``;
+    returns the trained flow blocks' state dict."""
+    import lightning
+    from anomalib.data import Folder
+    from anomalib.engine import Engine
+    from anomalib.models import Fastflow
+    from anomalib.pre_processing import PreProcessor
+    from torchvision.transforms.v2 import Resize
+
+    lightning.seed_everything(0, verbose=False)
+    module = Fastflow(backbone="resnet18", pre_trained=False, flow_steps=2,
+                      pre_processor=PreProcessor(transform=Resize((SIZE, SIZE))), post_processor=False,
+                      evaluator=False, visualizer=False)
+    if steps_from is not None:
+        module.load_state_dict(steps_from)
+    if accelerated:
+        report = accelerate(module, backend="torch")
+        assert len(report.replaced) == 6
+    start = copy.deepcopy(module.state_dict())
+    data = Folder(name="tiny", root=root, normal_dir="good", abnormal_dir="bad", train_batch_size=2,
+                  eval_batch_size=2, num_workers=0, seed=0)
+    engine = Engine(max_epochs=1, accelerator="cpu", devices=1, logger=False, default_root_dir=str(out),
+                    enable_progress_bar=False, enable_model_summary=False)
+    engine.fit(model=module, datamodule=data)
+    if accelerated:
+        assert all(type(b) is AllInOneBlock for stage in module.model.fast_flow_blocks for b in stage)
+    return start, module.state_dict()
+
+
+def test_engine_fit_trains_the_accelerated_model_like_the_original(tmp_path):
+    """anomalib's own training loop (Engine, Lightning, Folder data) on an accelerated FastFlow
+    takes the same steps as on the original: from the same weights, with the same data order,
+    the trained flow weights agree."""
+    from PIL import Image
+
+    rng = torch.Generator().manual_seed(0)
+    for sub, n in (("good", 6), ("bad", 2)):
+        (tmp_path / "data" / sub).mkdir(parents=True)
+        for i in range(n):
+            pixels = torch.randint(0, 256, (SIZE, SIZE, 3), generator=rng, dtype=torch.uint8).numpy()
+            Image.fromarray(pixels).save(tmp_path / "data" / sub / f"{i}.png")
+    start, plain = _engine_fit(tmp_path / "data", tmp_path / "plain", accelerated=False)
+    _, fast = _engine_fit(tmp_path / "data", tmp_path / "fast", accelerated=True, steps_from=start)
+    flow_keys = [k for k in plain if k.startswith("model.fast_flow_blocks.") and plain[k].is_floating_point()]
+    moved = [k for k in flow_keys if not torch.equal(plain[k], start[k])]
+    assert len(moved) >= 12, "the flow weights did not train"
+    for k in flow_keys:
+        torch.testing.assert_close(fast[k], plain[k], rtol=1e-5, atol=1e-6, msg=k)
