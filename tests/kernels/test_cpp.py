@@ -109,6 +109,50 @@ def test_auto_on_cpu_runs_the_cpp_kernels_bit_for_bit():
     assert empty.shape == (0,)
 
 
+def _python_files_called(fn) -> set:
+    """The files of the Python functions that ``fn()`` calls."""
+    seen = set()
+
+    def profile(frame, event, arg):
+        if event == "call":
+            seen.add(frame.f_code.co_filename)
+
+    sys.setprofile(profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return seen
+
+
+def test_no_grad_calls_skip_the_python_autograd_layer():
+    """Without autograd (no_grad, inference_mode, or no input requiring grad) the cpp coupling
+    goes straight to the kernel, past torch's Python autograd kernel of the op, with the same
+    results to the bit; with inputs requiring grad it goes through the registered autograd
+    formula, and gradients flow."""
+    from dadf_fast.kernels.cpp import ops as cpp_ops
+
+    autograd_layer = os.path.join("_library", "autograd.py")
+    x, a, g, b, perm = coupling_inputs((6, 9), torch.float32)
+    ref = cpp_ops.affine_coupling(x, a, g, b, perm, 1.5, 0.3, False)
+    leaf = a.clone().requires_grad_()
+    for ctx, a_in in ((torch.no_grad, leaf), (torch.inference_mode, leaf), (torch.enable_grad, a)):
+        got = []
+        with ctx():
+            files = _python_files_called(lambda: got.extend(cpp_ops.affine_coupling(x, a_in, g, b, perm, 1.5, 0.3,
+                                                                                   False)))
+        assert not any(f.endswith(autograd_layer) for f in files), ctx
+        assert all(torch.equal(u, v) for u, v in zip(got, ref))
+    out = []
+    files = _python_files_called(lambda: out.extend(cpp_ops.affine_coupling(x, leaf, g, b, perm, 1.5, 0.3, False)))
+    assert any(f.endswith(autograd_layer) for f in files)
+    y, logdet = out
+    assert y.requires_grad and logdet.requires_grad
+    assert all(torch.equal(u, v) for u, v in zip((y.detach(), logdet.detach()), ref))
+    (y.sum() + logdet.sum()).backward()
+    assert leaf.grad is not None and bool(leaf.grad.abs().sum() > 0)
+
+
 def test_every_cpu_instruction_set_copy_agrees():
     """The CPU kernels exist as baseline / AVX2 / AVX-512 copies picked at run time; force
     the narrower ones in a subprocess each and compare against the reference (this process

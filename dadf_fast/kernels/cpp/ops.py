@@ -174,8 +174,22 @@ def affine_coupling(x, a, g, b, perm, clamp=2.0, a_scale=0.1, reverse=False, com
     Returns ``(y, logdet)``; with ``compute_logdet=False`` (inference: scoring needs only z)
     the log-det reduction is skipped and ``logdet`` is None.
     """
-    y, logdet = _ops.affine_coupling_fwd(x, a, g, b, perm, float(clamp), float(a_scale), bool(reverse), bool(compute_logdet))
+    args = (x, a, g, b, perm, float(clamp), float(a_scale), bool(reverse), bool(compute_logdet))
+    if not _needs_autograd(x, a, g, b):
+        # no gradient can flow: skip the Python autograd kernel the op's formula is registered
+        # as (it would only redispatch); on CFLOW's thousands of small calls that layer costs
+        # a sizeable part of the op's time
+        with torch._C._AutoDispatchBelowAutograd():
+            y, logdet = _ops.affine_coupling_fwd(*args)
+    else:
+        y, logdet = _ops.affine_coupling_fwd(*args)
     return y, (logdet if compute_logdet else None)
+
+
+def _needs_autograd(*tensors) -> bool:
+    if torch.compiler.is_compiling():
+        return True  # traced graphs keep the plain op (its autograd formula handles no-grad)
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def flow_nll(z, logdet):
