@@ -23,6 +23,7 @@ seconds of the original and the accelerated copy measured alternately in one run
     python benchmarks/integrations.py --quick            # batch 2, 1 timed rep: a smoke run
     python benchmarks/integrations.py --threads 1        # a loaded CPU: steadier ratios
     python benchmarks/integrations.py --device cuda --json out.json
+    python benchmarks/integrations.py --models cflow --subnet-bound   # + CFLOW's subnets alone
 """
 from __future__ import annotations
 
@@ -110,7 +111,7 @@ def build(name: str, batch: int, device, dtype) -> FlowPart:
     raise ValueError(f"model must be one of {MODELS}, got {name!r}")
 
 
-def measure(name, batch, device, dtype, backend, warmup, reps) -> dict:
+def measure(name, batch, device, dtype, backend, warmup, reps, subnet_bound=False) -> dict:
     part = build(name, batch, device, dtype)
     orig = part.modules.to(device=device, dtype=dtype).train()
     fast = copy.deepcopy(orig)
@@ -136,14 +137,31 @@ def measure(name, batch, device, dtype, backend, warmup, reps) -> dict:
     row = {"model": name, "blocks": len(report.replaced), "batch": batch, "max_abs_dz": dz, "max_rel_dlogdet": dl}
     for task, fn in (("forward", forward), ("forward+backward", train_step)):
         # alternate original and accelerated so that a change in machine load hits both
-        t_orig, t_fast = [], []
+        t_orig, t_fast, t_sub = [], [], []
         for rep in range(reps):
             w = warmup if rep == 0 else 0
             t_orig.append(time_fn(lambda: fn(orig), device, warmup=w, reps=1))
             t_fast.append(time_fn(lambda: fn(fast), device, warmup=w, reps=1))
+            if task == "forward" and subnet_bound and name == "cflow":
+                t_sub.append(time_fn(lambda: cflow_subnets_only(part, orig), device, warmup=w, reps=1))
         t_orig, t_fast = sorted(t_orig)[len(t_orig) // 2], sorted(t_fast)[len(t_fast) // 2]
         row[task] = {"original_s": t_orig, "accelerated_s": t_fast, "speedup": t_orig / t_fast}
+        if t_sub:
+            row[task]["subnets_only_s"] = sorted(t_sub)[len(t_sub) // 2]
     return row
+
+
+@torch.no_grad()
+def cflow_subnets_only(part: FlowPart, modules: nn.ModuleList) -> None:
+    """The subnet calls alone of CFLOW's forward (each block's ``Linear-ReLU-Linear`` on its
+    chunk's first half and condition; the inputs are not the blocks' but have their shapes):
+    the time a flow part whose coupling, permutation and log-det cost nothing would take."""
+    for i, x, cond, chunk in part.runs:
+        for lo in range(0, x.shape[0], chunk):
+            xc = x[lo:lo + chunk]
+            inp = torch.cat((xc[:, :xc.shape[1] - xc.shape[1] // 2], cond[lo:lo + chunk]), 1)
+            for block in modules[i].module_list:
+                block.subnet(inp)
 
 
 def markdown(rows) -> str:
@@ -170,6 +188,8 @@ def main(argv=None) -> int:
                    "thread gives steadier ratios than oversubscribed cores")
     p.add_argument("--quick", action="store_true", help="batch 2, 1 timed call: a smoke run")
     p.add_argument("--json", help="also write the rows here")
+    p.add_argument("--subnet-bound", action="store_true",
+                   help="cflow: also time its subnets alone (forward), the floor of any coupling kernel")
     args = p.parse_args(argv)
     if args.quick:
         args.batch, args.reps = 2, 1
@@ -178,13 +198,20 @@ def main(argv=None) -> int:
     dtype = getattr(torch, args.dtype)
     rows = []
     for name in args.models:
-        rows.append(measure(name, args.batch, args.device, dtype, args.backend, args.warmup, args.reps))
+        rows.append(measure(name, args.batch, args.device, dtype, args.backend, args.warmup, args.reps,
+                            args.subnet_bound))
         print(f"{name}: forward {rows[-1]['forward']['speedup']:.2f}x, "
               f"forward+backward {rows[-1]['forward+backward']['speedup']:.2f}x", file=sys.stderr, flush=True)
     print(f"device {args.device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
           f"torch {torch.__version__}, {args.dtype}, backend {args.backend}, batch {args.batch}, "
           f"median of {args.reps} after {args.warmup} warm-up")
     print(markdown(rows))
+    for r in rows:
+        sub = r["forward"].get("subnets_only_s")
+        if sub:
+            print(f"{r['model']} forward, subnets alone: {sub:.3f} s ({sub / r['forward']['accelerated_s']:.0%} of the "
+                  f"accelerated forward; a free coupling would give at most "
+                  f"{r['forward']['original_s'] / sub:.2f}x)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "rows": rows}, f, indent=1)
