@@ -28,23 +28,17 @@ sys.path.insert(0, HERE)
 SV_DEFECTS = ("scratch", "spot", "colour", "blur", "missing", "contamination", "crack", "patch")
 
 
-def _denorm_u8(x: torch.Tensor) -> np.ndarray:
-    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
-    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
-    return ((x * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-
-
 def synthetic_defects(images: torch.Tensor, per_image: int, seed: int):
     from dadf_fast.data.defects import make_defect
     from dadf_fast.data.synthetic import load_source
-    from dadf_fast.data.transforms import normalize
+    from dadf_fast.data.transforms import denormalize, normalize
 
     rng = np.random.default_rng(seed + 12345)
     foreign = load_source("chelsea")
     out, masks, kinds, src = [], [], [], []
     k = 0
     for i, img in enumerate(images):
-        clean = _denorm_u8(img)
+        clean = denormalize(img)
         for _ in range(per_image):
             d = SV_DEFECTS[k % len(SV_DEFECTS)]
             k += 1
@@ -132,9 +126,9 @@ GRID = [w for w in itertools.product((0, 0.25, 0.5, 1), (0, 0.25), (0, 0.25, 0.5
 
 
 def _stats(maps):
-    m = maps.astype(np.float64)
-    mu = m.mean()
-    return mu, max(m.reshape(len(m), -1).max(1).mean() - mu, 1e-12)
+    from dadf_fast.models.cues import calibration
+
+    return calibration(torch.from_numpy(maps.astype(np.float64)))
 
 
 def _combine(d, prefix, calib, weights):
@@ -147,10 +141,10 @@ def _combine(d, prefix, calib, weights):
 
 
 def _metrics(maps, labels, masks):
-    from dadf_fast import metrics
+    from ablation_generalise import _maps_metrics
 
-    scores = maps.reshape(len(maps), -1).max(1)
-    return metrics.auroc(scores, labels), metrics.pixel_auroc(maps, masks)
+    m = _maps_metrics(maps, labels, masks)
+    return m["image_auroc"], m["pixel_auroc"]
 
 
 def analyse(path: str) -> None:
