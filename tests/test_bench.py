@@ -100,7 +100,7 @@ def _tiny_model(backend):
     torch.manual_seed(0)
     m = DADF("lite", pretrained=False, input_size=64, depth=1, flow_steps=2, smooth_sigma=1.0,
              backend=backend).eval()
-    m.calibrate(torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(5)))  # what fit() does last
+    m.calibrate_cues(torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(5)))  # what fit() does last
     return m
 
 

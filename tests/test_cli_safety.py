@@ -34,7 +34,7 @@ def _write_images(folder, names, seed=0):
 def _tiny_model():
     torch.manual_seed(0)
     m = DADF("lite", pretrained=False, input_size=SIZE, depth=1, flow_steps=2, backend="torch")
-    m.calibrate(torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5)))  # what fit() does last
+    m.calibrate_cues(torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5)))  # what fit() does last
     return m
 
 

@@ -12,7 +12,7 @@ from dadf_fast.models.backbone import lite0_state_dict
 def lite():
     torch.manual_seed(0)
     m = DADF("lite", input_size=64, backend="torch").eval()
-    m.calibrate(torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(5)))  # what fit() does last
+    m.calibrate_cues(torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(5)))  # what fit() does last
     return m
 
 

@@ -24,7 +24,7 @@ def _tiny(**kw):
     args.update(kw)
     m = DADF("lite", **args).eval()
     # the kNN cue's memory and the cue calibration (what fit() does last)
-    m.calibrate(torch.randn(3, 3, S, S, generator=torch.Generator().manual_seed(5)))
+    m.calibrate_cues(torch.randn(3, 3, S, S, generator=torch.Generator().manual_seed(5)))
     return m
 
 

@@ -130,7 +130,7 @@ def run_bench(preset="lite", batch_sizes=None, quick: bool = False, csv: str | N
             # as many random images as a typical fit has (its nearest-neighbour search then costs
             # what it costs after a real fit)
             gen = torch.Generator().manual_seed(0)
-            model.calibrate(torch.randn(CALIBRATION_IMAGES, 3, input_size, input_size, generator=gen).to(dev))
+            model.calibrate_cues(torch.randn(CALIBRATION_IMAGES, 3, input_size, input_size, generator=gen).to(dev))
         snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
         for bs in batch_sizes:
             x = torch.randn(bs, 3, input_size, input_size, device=dev)

@@ -94,3 +94,19 @@ def state_dict_mismatch(own: dict, given) -> str | None:
         got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
         parts.append(f"{len(wrong)} mis-shaped (first {k!r}: {got} in the file, {tuple(own[k].shape)} expected)")
     return "; ".join(parts) or None
+
+
+def check_payload(payload, path: str, fmt_expected: str, version: int) -> None:
+    """Raise one line unless ``payload`` (a loaded file) is a checkpoint of format
+    ``fmt_expected`` and ``version`` holding a ``config`` and a ``state_dict``."""
+    fmt = payload.get("format") if isinstance(payload, dict) else None
+    if fmt != fmt_expected:
+        what = f"its format is {fmt!r}" if fmt is not None else "it has no 'format' entry"
+        hint = "; dadf_fast.models.knn.load_detector opens every detector checkpoint" if isinstance(fmt, str) else ""
+        raise CheckpointError(f"checkpoint {path!r} is not a dadf-fast checkpoint ({what}, expected "
+                              f"{fmt_expected!r}){hint}")
+    if payload.get("version") != version:
+        raise CheckpointError(f"checkpoint {path!r} has version {payload.get('version')!r}; this dadf-fast reads "
+                              f"{version}")
+    if not isinstance(payload.get("config"), dict) or not isinstance(payload.get("state_dict"), dict):
+        raise CheckpointError(f"checkpoint {path!r} is missing its config or state_dict")

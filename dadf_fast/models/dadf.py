@@ -11,12 +11,13 @@ import torch.nn as nn
 
 from dadf_fast import ops
 from dadf_fast.kernels.registry import BACKEND_NAMES
-from dadf_fast.utils.precision import autocast_off
+from dadf_fast.utils.precision import DTYPE_NAMES as _DTYPE_NAMES, autocast_off, parse_dtype as _parse_dtype
 from dadf_fast.utils.io import atomic_torch_save
 from dadf_fast.nn import FLOW_NORMS, FLOW_SUBNETS, FlowStage, Reconstructor, reconstruction_loss
 from dadf_fast.models.backbone import Backbone
-from dadf_fast.models import cues as cue_maps
-from dadf_fast.models.checkpoint import CheckpointError, first_nonfinite, read_checkpoint_file, state_dict_mismatch
+from dadf_fast.models import cues as cue_maps, thresholds
+from dadf_fast.models.checkpoint import (CheckpointError, check_payload, first_nonfinite, read_checkpoint_file,
+                                         state_dict_mismatch)
 from dadf_fast.models.inputs import (
     check_finite_output,
     check_images,
@@ -29,19 +30,6 @@ from dadf_fast.models.postprocess import gaussian_smooth
 from dadf_fast.models.presets import PATCH_SIZES, PRESETS
 
 CHECKPOINT_FORMAT = "dadf-fast"
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
-_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
-
-
-def _parse_dtype(dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype) and dtype in _DTYPE_NAMES:
-        return dtype
-    if isinstance(dtype, str) and dtype.lower() in _DTYPES:
-        return _DTYPES[dtype.lower()]
-    raise ValueError(f"dtype must be one of {sorted(_DTYPES)} (or the torch dtype), got {dtype!r}")
-
-
 CHECKPOINT_VERSION = 1
 BACKENDS = ("auto",) + BACKEND_NAMES
 # the config entries that decide the weights' names and shapes (and clamp, what they mean),
@@ -174,6 +162,7 @@ class DADF(nn.Module):
                            **cfg)
         self.compute_dtype = compute_dtype
         self.backend = backend
+        self.calibration = None  # thresholds and score normalisation (calibrate)
         self.backbone = Backbone(cfg["backbone"], pretrained=pretrained, weights=backbone_weights)
         sizes = [(input_size // s, input_size // s) for s in (4, 8, 16)]
         self.feature_sizes = sizes
@@ -290,11 +279,23 @@ class DADF(nn.Module):
         (:func:`dadf_fast.models.cues.cue_maps`)."""
         return cue_maps.cue_maps(self, zs, feats, local, glob, sigma)
 
-    def calibrate(self, images, batch_size: int = 16) -> dict:
+    def calibrate_cues(self, images, batch_size: int = 16) -> dict:
         """Fill the kNN cue's memory with the patches of the normal ``images`` (model-ready
         ``[N, 3, S, S]``) and calibrate every cue on them (:func:`dadf_fast.models.cues.calibrate`).
         A no-op with the flow cue alone.  Returns ``{cue: (mean, spread)}``."""
         return cue_maps.calibrate(self, images, batch_size)
+
+    def calibrate(self, images, labels=None, masks=None, batch_size: int = 8, seed: int = 0, log=print) -> dict:
+        """Set the image and pixel thresholds (and the score normalisation) from calibration
+        ``images [N, 3, S, S]`` (model-ready, on the model's device), ``labels [N]`` (0/1;
+        None: all normal) and ``masks [N, S, S]``, by the rules of
+        :mod:`dadf_fast.models.thresholds`; :meth:`predict` then adds ``pred_score``,
+        ``pred_label`` and ``pred_mask``, and :meth:`save` stores them.  Returns the calibration."""
+        self.check_images(images)
+        self.calibration = None  # the thresholds are chosen on the raw scores
+        self.calibration = thresholds.calibrate_thresholds(self, images, labels, masks, seed=seed,
+                                                           batch_size=batch_size, log=log)
+        return self.calibration
 
     def infer(self, images, smooth_sigma=None, after_stage=None):
         """The inference computation on checked model-ready ``images [B, 3, S, S]``: the
@@ -360,7 +361,9 @@ class DADF(nn.Module):
         model's device; eval mode, no grad); ``smooth_sigma`` (finite, >= 0) overrides the
         model's configured smoothing.
 
-        Returns ``{"anomaly_map": [B, 1, S, S], "score": [B]}``; raises
+        Returns ``{"anomaly_map": [B, 1, S, S], "score": [B]}``, and for a calibrated model
+        (:meth:`calibrate`, or ``fit``) ``pred_score [B]``, ``pred_label [B]`` and ``pred_mask
+        [B, 1, S, S]`` (:func:`dadf_fast.models.thresholds.verdicts`); raises
         :class:`~dadf_fast.models.inputs.NonFiniteOutputError` rather than return NaN or Inf.
         """
         check_predict_batch(images, self.input_size, batch_size)
@@ -375,6 +378,8 @@ class DADF(nn.Module):
             self.train(was_training)
         out = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
         check_finite_output(out, "DADF")  # one check (one host sync on GPU) per call, not per chunk
+        if self.calibration is not None:
+            out.update(thresholds.verdicts(out["anomaly_map"], out["score"], self.calibration))
         return out
 
     def fit(self, train_data, **kwargs) -> dict:
@@ -393,6 +398,7 @@ class DADF(nn.Module):
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
             "config": dict(self.config),
+            "calibration": None if self.calibration is None else dict(self.calibration),
             "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
         }
         atomic_torch_save(payload, path)
@@ -449,19 +455,7 @@ class DADF(nn.Module):
     @classmethod
     def check_payload(cls, payload, path) -> None:
         """Raise one line unless ``payload`` (a loaded file) is a DADF checkpoint of this version."""
-        path = os.fspath(path)
-        fmt = payload.get("format") if isinstance(payload, dict) else None
-        if fmt != CHECKPOINT_FORMAT:
-            what = f"its format is {fmt!r}" if fmt is not None else "it has no 'format' entry"
-            hint = ("; dadf_fast.models.knn.load_detector opens every detector checkpoint"
-                    if isinstance(fmt, str) else "")
-            raise CheckpointError(f"checkpoint {path!r} is not a dadf-fast checkpoint ({what}, expected "
-                                  f"{CHECKPOINT_FORMAT!r}){hint}")
-        if payload.get("version") != CHECKPOINT_VERSION:
-            raise CheckpointError(f"checkpoint {path!r} has version {payload.get('version')!r}; this dadf-fast reads "
-                                  f"{CHECKPOINT_VERSION}")
-        if not isinstance(payload.get("config"), dict) or not isinstance(payload.get("state_dict"), dict):
-            raise CheckpointError(f"checkpoint {path!r} is missing its config or state_dict")
+        check_payload(payload, os.fspath(path), CHECKPOINT_FORMAT, CHECKPOINT_VERSION)
 
     @classmethod
     def load(cls, path, backend: str = "auto", map_location="cpu") -> "DADF":
@@ -497,4 +491,9 @@ class DADF(nn.Module):
         model._check_state_dict(payload["state_dict"], f"checkpoint {path!r}", "its own config")
         model._resize_memory(payload["state_dict"])
         nn.Module.load_state_dict(model, payload["state_dict"])
+        if payload.get("calibration") is not None:
+            try:
+                model.calibration = thresholds.check_calibration(payload["calibration"])
+            except ValueError as exc:
+                raise CheckpointError(f"checkpoint {path!r} has a damaged calibration: {exc}") from exc
         return model.to(map_location)

@@ -20,6 +20,7 @@ import uuid
 import torch
 
 from dadf_fast.models.inputs import stack_train_images
+from dadf_fast.models.thresholds import CALIBRATION_FRACTION
 
 RECIPES = ("paper", "lite")
 LITE_FLOW_ITERS = 375  # 75 epochs of 40 images at batch 8, anomalib FastFlow's budget (docs/accuracy.md)
@@ -54,6 +55,10 @@ class FitConfig:
     hflip: bool = False
     vflip: bool = False
     seed: int = 0
+    # fraction of the normal images held out of training to set the decision thresholds on
+    # (with synthetic defects; dadf_fast.models.thresholds); 0, or validation images given to
+    # fit, holds nothing out
+    calibration_fraction: float = CALIBRATION_FRACTION
 
     def __post_init__(self):
         def bad(name, want):
@@ -76,6 +81,8 @@ class FitConfig:
             bad("grad_clip", "None or > 0")
         if not 0 <= self.val_fraction < 1:
             bad("val_fraction", "in [0, 1)")
+        if not 0 <= self.calibration_fraction < 1:
+            bad("calibration_fraction", "in [0, 1)")
 
     @classmethod
     def for_recipe(cls, recipe: str = "paper", **overrides) -> "FitConfig":
@@ -163,7 +170,8 @@ def _train_epochs(params, loss_fn, n: int, batch: int, epochs: int, opt, cfg: Fi
 
 
 def fit(model, train_data, config: FitConfig | None = None, out_dir: str | None = None, resume: bool = False,
-        device=None, progress: bool = True, log=print, overwrite: bool = False, **overrides) -> dict:
+        device=None, progress: bool = True, log=print, overwrite: bool = False, val_images=None, val_labels=None,
+        val_masks=None, **overrides) -> dict:
     """Train ``model`` (a :class:`dadf_fast.DADF`) on normal images.
 
     Args:
@@ -178,9 +186,14 @@ def fit(model, train_data, config: FitConfig | None = None, out_dir: str | None 
         resume: continue from the last completed stage found in ``out_dir``; only a
             checkpoint of this run is taken (same training config, model config and training
             images, recorded in the checkpoint), anything else raises ``ValueError``.
+        val_images, val_labels, val_masks: validation images ``[M, 3, S, S]`` (model-ready),
+            their labels ``[M]`` (0 normal / 1 anomalous; None: all normal) and masks
+            ``[M, S, S]`` for the decision thresholds (``model.calibrate``).  Without them,
+            ``config.calibration_fraction`` of the normal images is held out of training for
+            it (none when that leaves too few; the model then has no thresholds).
     Returns:
         ``{"loss_recon": [per-epoch], "loss_flow": [per-epoch], "seconds": {...},
-        "resumed_from": path or None, "run_id": str}``.
+        "resumed_from": path or None, "run_id": str, "calibration": dict or None}``.
     """
     if config is None:
         config = FitConfig.for_recipe(overrides.pop("recipe", "paper"), **overrides)
@@ -197,12 +210,15 @@ def fit(model, train_data, config: FitConfig | None = None, out_dir: str | None 
         raise ValueError(f"train_data holds {images.shape[0]} image; the model's kNN score cue (score_cues) needs at "
                          "least 2 normal images (each is calibrated against the others): pass more images, or "
                          "build the model with score_cues=('flow', 'recon')")
+    val = None
+    if val_images is not None:
+        val = (stack_train_images(val_images, model.input_size, "val_images"), val_labels, val_masks)
     if not out_dir:
-        return _fit(model, images, config, None, False, False, device, progress, log)
+        return _fit(model, images, config, None, False, False, device, progress, log, val)
     from dadf_fast.utils.io import prepare_output_dir
 
     with prepare_output_dir(out_dir, overwrite=overwrite, resume=resume, what="out_dir"):
-        return _fit(model, images, config, os.fspath(out_dir), resume, overwrite, device, progress, log)
+        return _fit(model, images, config, os.fspath(out_dir), resume, overwrite, device, progress, log, val)
 
 
 CHECKPOINT_NAMES = ("stage1.pt", "model.pt")
@@ -250,7 +266,23 @@ def _check_same_run(payload: dict, path: str, model, run: dict) -> None:
                          "resume with the same settings, or start a new run with overwrite")
 
 
-def _fit(model, images, cfg: FitConfig, out_dir, resume: bool, overwrite: bool, device, progress, log) -> dict:
+def _hold_out(images: torch.Tensor, cfg: FitConfig, min_train: int, log):
+    """``(train, held_out or None)``: ``cfg.calibration_fraction`` of ``images`` (seeded draw),
+    unless that holds out none or leaves fewer than ``min_train`` to train on."""
+    n = images.shape[0]
+    n_hold = round(cfg.calibration_fraction * n)
+    if cfg.calibration_fraction == 0:
+        return images, None
+    if n_hold < 1 or n - n_hold < min_train:
+        log(f"calibration: {n} normal image(s) are too few to hold {cfg.calibration_fraction:.0%} out "
+            "(pass validation images); the model gets no decision thresholds")
+        return images, None
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 7919))
+    return images[order[n_hold:]], images[order[:n_hold]]
+
+
+def _fit(model, images, cfg: FitConfig, out_dir, resume: bool, overwrite: bool, device, progress, log,
+         val=None) -> dict:
     log = log or (lambda *a, **k: None)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
@@ -259,7 +291,8 @@ def _fit(model, images, cfg: FitConfig, out_dir, resume: bool, overwrite: bool, 
     stage1_path = os.path.join(out_dir, "stage1.pt") if out_dir else None
     final_path = os.path.join(out_dir, "model.pt") if out_dir else None
     run = {"id": uuid.uuid4().hex, "fit_config": dataclasses.asdict(cfg), "data_sha256": None}
-    result = {"loss_recon": [], "loss_flow": [], "seconds": {}, "resumed_from": None, "run_id": run["id"]}
+    result = {"loss_recon": [], "loss_flow": [], "seconds": {}, "resumed_from": None, "run_id": run["id"],
+              "calibration": None}
 
     images = images.to(next(model.backbone.parameters()).dtype)
     if out_dir:
@@ -290,8 +323,13 @@ def _fit(model, images, cfg: FitConfig, out_dir, resume: bool, overwrite: bool, 
         else:
             log(f"nothing to resume in {out_dir} (no stage1.pt or model.pt): training from the start")
     if done >= 2:
+        result["calibration"] = getattr(model, "calibration", None)
         return result
 
+    if val is None and hasattr(model, "calibrate_cues"):
+        min_train = 2 if "knn" in model.config.get("score_cues", ()) else 1
+        images, held = _hold_out(images, cfg, min_train, log)
+        val = None if held is None else (held, None, None)
     normal = images  # the calibration of the score cues sees the images as given, not their flips
     images = _variants(images, cfg)
     n = images.shape[0]
@@ -357,9 +395,13 @@ def _fit(model, images, cfg: FitConfig, out_dir, resume: bool, overwrite: bool, 
                                         gen, log, stage1_path, val_fn=val_fn, module=model.flows)
     model.eval()
     result["seconds"]["stage2"] = time.perf_counter() - t0
-    if hasattr(model, "calibrate"):
+    if hasattr(model, "calibrate_cues"):
         t0 = time.perf_counter()
-        model.calibrate(normal.to(device))
+        model.calibrate_cues(normal.to(device))
+        if val is not None:
+            vimg, vlab, vmask = val
+            model.calibrate(vimg.to(device, images.dtype), vlab, vmask, seed=cfg.seed, log=log)
+        result["calibration"] = model.calibration
         result["seconds"]["calibrate"] = time.perf_counter() - t0
     if final_path:
         model.save(final_path, extra={"stage_done": 2, "run": run})

@@ -33,7 +33,7 @@ def test_dadf_inference_fast_path_matches_reference(backend, require_backend):
     require_backend(backend)
     torch.manual_seed(0)
     ref = DADF("lite", pretrained=False, input_size=32, depth=1, flow_steps=2, backend="torch")
-    ref.calibrate(torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5)))  # every cue of the default
+    ref.calibrate_cues(torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5)))  # every cue of the default
     fast = copy.deepcopy(ref).set_backend(backend)
     x = torch.randn(2, 3, 32, 32)
     a, b = ref.predict(x), fast.predict(x)

@@ -43,7 +43,7 @@ def test_flow_cue_alone_is_the_old_model():
     m = _tiny(score_cues=("flow",))
     assert m.config["score_cues"] == ["flow"]
     assert not any(k.startswith("cue_") for k in m.state_dict())
-    assert m.calibrate(torch.randn(2, 3, 64, 64)) == {}
+    assert m.calibrate_cues(torch.randn(2, 3, 64, 64)) == {}
 
 
 def _brute_knn(query_emb, bank_emb):
