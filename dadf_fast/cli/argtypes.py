@@ -45,3 +45,14 @@ def sigma(text: str) -> float:
         return check_number("--sigma", "sigma", float(text), nonnegative=True)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}") from None
+
+
+def fraction(text: str) -> float:
+    """A fraction in [0, 1) (of the training images held out)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 and < 1, got {text!r}")
+    return value

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from dadf_fast.cli.argtypes import input_size, nonnegative_int, positive_int, seed_int, sigma
+from dadf_fast.cli.argtypes import fraction, input_size, nonnegative_int, positive_int, seed_int, sigma
 
 EXPECTED_ERRORS = (ValueError, FileNotFoundError, FileExistsError, TypeError, KeyError, RuntimeError, OSError)
 
@@ -76,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="train anew in a folder that holds files (its stage1.pt and model.pt are removed first)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    g = p.add_argument_group("decision thresholds (docs/usage.md)")
+    g.add_argument("--val-dir", help="folder of validation images for the thresholds (normal ones, and anomalous "
+                                     "ones marked by --val-mask-dir); nothing is then held out of training")
+    g.add_argument("--val-mask-dir", help="masks for --val-dir (<stem>.png or <stem>_mask.png; a nonzero mask marks "
+                                          "an anomalous image)")
+    g.add_argument("--calibration-fraction", type=fraction, default=None,
+                   help="fraction of the normal training images held out for the thresholds when no --val-dir "
+                        "(default: 0.2; 0: none held out, no thresholds)")
     _add_common(p)
 
     p = sub.add_parser("test", help="evaluate a trained detector on a labelled test set")
@@ -158,10 +166,14 @@ def cmd_train(args):
         raise UserError("--resume and --overwrite contradict each other: continue the run in --out, or start anew")
     if args.resume and args.method == "knn":
         raise UserError("--resume is for --method dadf: the kNN baseline fits in one pass (--overwrite fits again)")
+    if args.method == "knn" and (args.val_dir or args.val_mask_dir or args.calibration_fraction is not None):
+        raise UserError("--val-dir, --val-mask-dir and --calibration-fraction are for --method dadf: the kNN "
+                        "baseline has no decision thresholds")
     torch.manual_seed(args.seed)
     recipe = args.recipe or ("lite" if args.preset == "lite" else "paper")
     train = _datasets(args, "train", args.input_size)
-    _prepare_out(args, inputs=[*_dataset_files(train), args.backbone_weights],
+    val, val_files = _validation(args, args.input_size) if args.method == "dadf" else ({}, [])
+    _prepare_out(args, inputs=[*_dataset_files(train), *val_files, args.backbone_weights],
                  resume=args.resume if args.method == "dadf" else None)
     if args.method == "knn":
         from dadf_fast.models.training import clear_checkpoints
@@ -183,11 +195,36 @@ def cmd_train(args):
     model = DADF(args.preset, pretrained=not args.no_pretrained, input_size=args.input_size, backend=args.backend,
                  backbone_weights=args.backbone_weights, dtype=args.dtype).to(args.device)
     res = model.fit(train, recipe=recipe, epochs_recon=args.epochs_recon, epochs_flow=args.epochs_flow,
-                    iters_flow=args.iters_flow,
+                    iters_flow=args.iters_flow, calibration_fraction=args.calibration_fraction,
                     batch_size_recon=args.batch_size, seed=args.seed, out_dir=args.out, resume=args.resume,
-                    overwrite=args.overwrite, progress=not args.quiet)
-    print(f"trained on {len(train)} images; checkpoint: {os.path.join(args.out, 'model.pt')}")
+                    overwrite=args.overwrite, progress=not args.quiet, **val)
+    calib = res.get("calibration")
+    held = calib["n_normal"] if calib and not val else 0
+    print(f"trained on {len(train) - held} images" + (f" ({held} held out for the thresholds)" if held else "")
+          + f"; checkpoint: {os.path.join(args.out, 'model.pt')}")
+    if calib:
+        print(f"thresholds ({calib['method']}): image {calib['image_threshold']:.5g}, pixel "
+              f"{calib['pixel_threshold']:.5g}" + (f"; {calib['note']}" if calib["note"] else ""))
     print(json.dumps(res["seconds"]))
+
+
+def _validation(args, size) -> tuple[dict, list]:
+    """``fit``'s validation arguments from ``--val-dir`` / ``--val-mask-dir`` (empty without),
+    and the files they read."""
+    if args.val_mask_dir and not args.val_dir:
+        raise UserError("--val-mask-dir needs --val-dir (the images the masks belong to)")
+    if not args.val_dir:
+        return {}, []
+    import torch
+
+    from dadf_fast import data
+
+    val = data.FolderDataset(test_dir=args.val_dir, mask_dir=args.val_mask_dir, split="test", image_size=size)
+    items = [val[i] for i in range(len(val))]
+    labels = torch.tensor([max(int(it["label"]), 0) for it in items])  # no masks: all normal
+    masks = torch.stack([it["mask"][0] > 0.5 for it in items]) if args.val_mask_dir else None
+    return ({"val_images": torch.stack([it["image"] for it in items]), "val_labels": labels, "val_masks": masks},
+            _dataset_files(val))
 
 
 def _load(args):
@@ -231,8 +268,19 @@ def cmd_predict(args):
     model = _load(args)
     rows = predict_files(model, paths, batch_size=args.batch_size, out_dir=args.out,
                          smooth_sigma=args.smooth, overwrite=args.overwrite)
+    calibrated = all("pred_label" in r for r in rows)
     for r in rows:
-        print(f"{r['score']:.5f}  {r['path']}")
+        verdict = f"  {'NG' if r['pred_label'] else 'OK'}  {r['pred_score']:.3f}" if calibrated else ""
+        print(f"{r['score']:.5f}{verdict}  {r['path']}")
+    if calibrated:
+        ng = sum(r["pred_label"] for r in rows)
+        print(f"{len(rows) - ng} OK, {ng} NG (of {len(rows)} images)")
+    elif getattr(model, "calibration", 1) is None:
+        print("no verdicts: the model has no decision thresholds (train it with held-out or --val-dir images)")
+    else:
+        print("no verdicts: --smooth changes the maps' scale, the model's thresholds do not apply")
+    if args.out:
+        print("predictions.csv, overlays, maps" + (" and masks" if calibrated else "") + f" written under {args.out}")
 
 
 def cmd_demo(args):

@@ -226,6 +226,8 @@ def _evaluate(model, test_data, batch_size, out_dir, category, heatmaps, tiff, s
         result["aupro"] = metrics.aupro(km, kg, fpr_limit=AUPRO_FPR_LIMIT)
     if loco and any(len(m) for m in loco_masks):
         _spro_per_defect(maps, defects, loco_masks, loco_sat, result, warn)
+    _decisions(model, smooth_sigma, scores[kept], labels[kept], [maps[i] for i in kept], [masks[i] for i in kept],
+               result)
     if not result["regions_dropped"]:
         del result["regions_dropped"]
     if out_dir:
@@ -249,6 +251,38 @@ def _evaluate(model, test_data, batch_size, out_dir, category, heatmaps, tiff, s
     return result
 
 
+def _decisions(model, smooth_sigma, scores, labels, maps, masks, result) -> None:
+    """The calibrated thresholds' image F1 / precision / recall and pixel F1 on the test set,
+    beside the F1-optimal thresholds chosen on the test set itself (``result["decisions"]``);
+    a note instead when the model has no thresholds or the maps are smoothed otherwise."""
+    from dadf_fast.models.thresholds import binary_counts, f1_optimal_binned, f1_optimal_threshold
+
+    calib = getattr(model, "calibration", None)
+    if len(scores) == 0 or len(set(labels.tolist())) < 2:
+        return
+    if calib is None:
+        result["notes"].append("the model has no decision thresholds (not calibrated): no F1 at them")
+        return
+    if smooth_sigma is not None and smooth_sigma != model.config.get("smooth_sigma"):
+        result["notes"].append("maps smoothed otherwise than at calibration: the thresholds do not apply")
+        return
+    dec = {"calibration_method": calib["method"], "image_threshold": calib["image_threshold"],
+           "pixel_threshold": calib["pixel_threshold"]}
+    got = binary_counts(torch.from_numpy(scores >= calib["image_threshold"]), torch.from_numpy(labels == 1))
+    dec.update({f"image_{k}": v for k, v in got.items()})
+    best = f1_optimal_threshold(torch.from_numpy(scores), torch.from_numpy(labels == 1))
+    dec.update(oracle_image_threshold=best["threshold"], oracle_image_f1=best["f1"])
+    if any(m.any() for m in masks):
+        tp = fp = fn = 0
+        for m, g in zip(maps, masks):
+            p = m >= calib["pixel_threshold"]
+            tp, fp, fn = tp + int((p & g).sum()), fp + int((p & ~g).sum()), fn + int((~p & g).sum())
+        dec["pixel_f1"] = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+        best = f1_optimal_binned(maps, masks)
+        dec.update(oracle_pixel_threshold=best["threshold"], oracle_pixel_f1=best["f1"])
+    result["decisions"] = dec
+
+
 def format_table(result: dict, title: str = "") -> str:
     """A short terminal table: overall metrics, and image AUROC (and LOCO sPRO) per defect type."""
     rows = [f"{title}" if title else ""]
@@ -268,6 +302,15 @@ def format_table(result: dict, title: str = "") -> str:
             img = f"{per[d]:.4f}" if d in per else "   -  "
             sp = f"  sPRO {spro[d]:.4f}" if d in spro else ""
             rows.append(f"    {d:<18} {img}{sp}  ({counts.get(d, 0)} images)")
+    dec = result.get("decisions")
+    if dec:
+        rows.append(f"  at the calibrated thresholds ({dec['calibration_method']}): image F1 {dec['image_f1']:.4f} "
+                    f"(precision {dec['image_precision']:.4f}, recall {dec['image_recall']:.4f})"
+                    + (f", pixel F1 {dec['pixel_f1']:.4f}" if "pixel_f1" in dec else ""))
+        rows.append(f"  F1-optimal on this test set: image F1 {dec['oracle_image_f1']:.4f} at "
+                    f"{dec['oracle_image_threshold']:.5g} (calibrated: {dec['image_threshold']:.5g})"
+                    + (f", pixel F1 {dec['oracle_pixel_f1']:.4f} at {dec['oracle_pixel_threshold']:.5g} "
+                       f"(calibrated: {dec['pixel_threshold']:.5g})" if "oracle_pixel_f1" in dec else ""))
     if "resolution" in result:
         rows.append(f"  metrics at the {result['resolution']} resolution")
     for note in result.get("notes", []):
@@ -282,16 +325,25 @@ def public(result: dict) -> dict:
     return {k: v for k, v in result.items() if not k.startswith("_")}
 
 
+PREDICTIONS_CSV = "predictions.csv"
+
+
 @torch.no_grad()
 def predict_files(model, paths, batch_size: int = 8, out_dir: str | None = None, smooth_sigma: float | None = None,
                   overwrite: bool = False) -> list:
-    """Score arbitrary image files.  Returns ``[{"path", "score"}]`` in input order; with
-    ``out_dir`` also writes a ``<stem>.png`` overlay and a ``<stem>.tiff`` raw map per image
-    there (stems made unique: ``a.png`` and ``a.jpg`` give ``a_png``/``a_jpg``, the same name
-    in two folders ``a``/``a_1``).  ``out_dir`` is checked before any scoring: a folder that
-    already holds files is refused unless ``overwrite``, and no output may replace an input
-    (``OutputPathError``)."""
+    """Score arbitrary image files.  Returns ``[{"path", "score"}]`` in input order, with
+    ``pred_score`` and ``pred_label`` for a calibrated model (its thresholds; none when
+    ``smooth_sigma`` changes the maps' scale).  With ``out_dir`` also writes, per image, a
+    ``<stem>.png`` overlay, a ``<stem>.tiff`` raw map and (calibrated) a ``<stem>_mask.png``
+    predicted mask (255 = anomalous, at the model's input size), and ``predictions.csv`` (path,
+    score, pred_score, pred_label: 1 anomalous, 0 normal; the last two empty without
+    thresholds) once all are scored; stems are made unique (``a.png`` and
+    ``a.jpg`` give ``a_png``/``a_jpg``, the same name in two folders ``a``/``a_1``).
+    ``out_dir`` is checked before any scoring: a folder that already holds files is refused
+    unless ``overwrite``, and no output may replace an input (``OutputPathError``)."""
     import contextlib
+    import csv
+    import io
 
     from dadf_fast.utils.io import check_not_input, prepare_output_dir, protect_inputs, unique_output_stems
 
@@ -299,26 +351,41 @@ def predict_files(model, paths, batch_size: int = 8, out_dir: str | None = None,
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     paths = [os.fspath(p) for p in paths]
     s = model.input_size
+    device = next(model.parameters()).device
     out = []
     with contextlib.ExitStack() as stack:
         targets = []
         if out_dir:
             stack.enter_context(prepare_output_dir(out_dir, overwrite=overwrite, what="out_dir"))
             stack.enter_context(protect_inputs(paths))
-            targets = [os.path.join(out_dir, f"{stem}.{ext}") for stem in unique_output_stems(paths)
-                       for ext in ("png", "tiff")]
-            for t in targets:  # all of them before the first image is scored
-                check_not_input(t)
+            targets = [[os.path.join(out_dir, f"{stem}{ext}") for ext in (".png", ".tiff", "_mask.png")]
+                       for stem in unique_output_stems(paths)]
+            for t in [*(t for group in targets for t in group), os.path.join(out_dir, PREDICTIONS_CSV)]:
+                check_not_input(t)  # all of them before the first image is scored
         for start in range(0, len(paths), batch_size):
             chunk = paths[start:start + batch_size]
             batch = torch.stack([load_image(p, s) for p in chunk])
-            amap, score = score_images(model, batch, batch_size, smooth_sigma)
+            pred = {k: v.cpu() for k, v in model.predict(batch.to(device), smooth_sigma=smooth_sigma).items()}
             for i, p in enumerate(chunk):
-                out.append({"path": str(p), "score": float(score[i])})
+                row = {"path": str(p), "score": float(pred["score"][i])}
+                if "pred_label" in pred:
+                    row.update(pred_score=float(pred["pred_score"][i]), pred_label=bool(pred["pred_label"][i]))
+                out.append(row)
                 if out_dir:
                     from dadf_fast.engine.visualize import overlay_panel, save_png, save_tiff
 
-                    png, tiff = targets[2 * (start + i)], targets[2 * (start + i) + 1]
-                    save_png(png, overlay_panel(denormalize(batch[i]), amap[i, 0].numpy()))
-                    save_tiff(tiff, amap[i, 0].numpy())
+                    png, tiff, mask = targets[start + i]
+                    amap = pred["anomaly_map"][i, 0].numpy()
+                    save_png(png, overlay_panel(denormalize(batch[i]), amap))
+                    save_tiff(tiff, amap)
+                    if "pred_mask" in pred:
+                        save_png(mask, pred["pred_mask"][i, 0].numpy().astype(np.uint8) * 255)
+        if out_dir:
+            text = io.StringIO()
+            writer = csv.writer(text, lineterminator="\n")
+            writer.writerow(["path", "score", "pred_score", "pred_label"])
+            for r in out:
+                writer.writerow([r["path"], f"{r['score']:.6g}", f"{r['pred_score']:.6g}" if "pred_score" in r else "",
+                                 int(r["pred_label"]) if "pred_label" in r else ""])
+            atomic_write_text(os.path.join(out_dir, PREDICTIONS_CSV), text.getvalue())
     return out

@@ -362,8 +362,8 @@ class DADF(nn.Module):
         model's configured smoothing.
 
         Returns ``{"anomaly_map": [B, 1, S, S], "score": [B]}``, and for a calibrated model
-        (:meth:`calibrate`, or ``fit``) ``pred_score [B]``, ``pred_label [B]`` and ``pred_mask
-        [B, 1, S, S]`` (:func:`dadf_fast.models.thresholds.verdicts`); raises
+        (:meth:`calibrate`, or ``fit``; at its own smoothing, the thresholds' scale) ``pred_score [B]``,
+        ``pred_label [B]``, ``pred_mask [B, 1, S, S]`` (:func:`dadf_fast.models.thresholds.verdicts`); raises
         :class:`~dadf_fast.models.inputs.NonFiniteOutputError` rather than return NaN or Inf.
         """
         check_predict_batch(images, self.input_size, batch_size)
@@ -378,7 +378,7 @@ class DADF(nn.Module):
             self.train(was_training)
         out = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
         check_finite_output(out, "DADF")  # one check (one host sync on GPU) per call, not per chunk
-        if self.calibration is not None:
+        if self.calibration is not None and smooth_sigma in (None, self.config["smooth_sigma"]):
             out.update(thresholds.verdicts(out["anomaly_map"], out["score"], self.calibration))
         return out
 

@@ -25,7 +25,7 @@ def images():
 @pytest.fixture(scope="module")
 def fitted(images):
     m = _tiny(score_cues=ALL)
-    m.fit(images, recipe="lite", epochs_recon=1, iters_flow=2, progress=False, log=None)
+    m.fit(images, recipe="lite", epochs_recon=1, iters_flow=2, progress=False, log=None, calibration_fraction=0.0)
     return m.eval()
 
 

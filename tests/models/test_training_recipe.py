@@ -23,8 +23,12 @@ def test_lite_recipe_counts_flow_steps_not_epochs():
     imgs = torch.randn(5, 3, 64, 64)
     # 5 images at batch 2: 3 steps per epoch, so 7 steps -> 3 epochs
     res = m.fit(imgs, recipe="lite", epochs_recon=1, iters_flow=7, batch_size_flow=2, progress=False,
-                log=lambda *a: None)
+                log=lambda *a: None, calibration_fraction=0.0)
     assert len(res["loss_flow"]) == 3
+    # with one of the 5 held out for the thresholds: 4 images, 2 steps per epoch -> 4 epochs
+    res = _tiny().fit(imgs, recipe="lite", epochs_recon=1, iters_flow=7, batch_size_flow=2, progress=False,
+                      log=lambda *a: None)
+    assert len(res["loss_flow"]) == 4 and res["calibration"]["n_normal"] == 1
 
 
 @pytest.mark.parametrize("field,value", [("epochs_flow", -1), ("iters_flow", 2.5), ("batch_size_flow", 0),
