@@ -100,8 +100,9 @@ def test_cli_train_test_predict(tiny_root, tmp_path, capsys):
     rc = main(["predict", "--checkpoint", str(out / "model.pt"), str(img), "--out", str(tmp_path / "pred")])
     assert rc == 0
     assert (tmp_path / "pred" / (img.stem + ".png")).exists()
-    line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert float(line.split()[0]) >= 0 and line.endswith(img.name)
+    lines = capsys.readouterr().out.strip().splitlines()
+    line = next(row for row in lines if row.endswith(img.name))
+    assert float(line.split()[0]) >= 0 and (tmp_path / "pred" / "predictions.csv").exists()
 
 
 @pytest.mark.parametrize("argv,needle", [

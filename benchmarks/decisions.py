@@ -1,0 +1,175 @@
+"""Issue 15's bar: do the label-free thresholds decide as well as thresholds chosen on the
+test set itself?
+
+Per category (one process each, ``--jobs`` at a time, ``--threads`` torch threads each): the
+default ``DADF("lite")`` trained with the default ``fit`` (lite recipe; 20 % of the normal
+images held out, thresholds F1-optimal on them plus one synthetic defect each), then scored
+on the test set.  Reported: image F1 / precision / recall at the calibrated image threshold,
+the best image F1 any threshold reaches on the test set (the oracle), their ratio (the bar:
+>= 0.9), pixel F1 at the calibrated pixel threshold against the oracle's, and image /
+pixel AUROC.
+
+    python benchmarks/decisions.py --jobs 2 --json /tmp/dec.json                 # the harness (dev + validation)
+    python benchmarks/decisions.py --demo --jobs 2                                 # the demo data
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+
+def run_category(cat: str, args) -> dict:
+    from torch.utils.data import DataLoader
+
+    from dadf_fast import DADF
+    from dadf_fast.data import MVTecAD, collate
+    from dadf_fast.data.synthetic import make_dataset
+    from dadf_fast.engine.evaluation import _decisions
+    from dadf_fast.metrics import auroc, pixel_auroc
+
+    torch.set_num_threads(args.threads)
+    root = os.path.join(args.out, "data")
+    if args.demo:
+        make_dataset(root, categories=[cat], seed=args.seed)
+    else:
+        from dadf_fast.data.harness import harness_defects
+
+        make_dataset(root, categories=[cat], defects=harness_defects(cat), n_train=args.n_train,
+                     n_test_good=args.n_test_good, n_test_defect=args.n_test_defect, seed=args.seed)
+    train = MVTecAD(root, cat, "train")
+    test = MVTecAD(root, cat, "test")
+    batch = next(iter(DataLoader(test, batch_size=len(test), collate_fn=collate)))
+    labels = np.asarray(batch["label"])
+    masks = (batch["mask"][:, 0].float() > 0.5).numpy()
+    train_imgs = torch.stack([train[i]["image"] for i in range(len(train))])
+    torch.manual_seed(args.seed)
+    model = DADF("lite")
+    t0 = time.perf_counter()
+    fit_kw = dict(iters_flow=3, epochs_recon=1) if args.smoke else {}
+    res = model.fit(train_imgs, recipe="lite", seed=args.seed, progress=False, log=None,
+                    calibration_fraction=args.calibration_fraction, **fit_kw)
+    fit_s = time.perf_counter() - t0
+    out = model.predict(batch["image"], batch_size=8)
+    scores, maps = out["score"].numpy(), out["anomaly_map"][:, 0].numpy()
+    if args.save_maps:
+        # the calibration set as fit saw it (the same seeded hold-out and synthetic defects),
+        # and the test set: for trying other threshold rules offline
+        from dadf_fast.models.thresholds import synthetic_defects
+        from dadf_fast.models.training import FitConfig, _hold_out
+
+        cfg = FitConfig.for_recipe("lite", seed=args.seed, calibration_fraction=args.calibration_fraction)
+        _, held = _hold_out(train_imgs, cfg, 2, lambda *a: None)
+        bad, bmasks = synthetic_defects(held, seed=args.seed)
+        cal = model.predict(torch.cat((held, bad)), batch_size=8)
+        os.makedirs(args.save_maps, exist_ok=True)
+        np.savez_compressed(os.path.join(args.save_maps, f"{cat.replace('@', '_')}.npz"),
+                            test_scores=scores, test_maps=maps.astype(np.float16), labels=labels, masks=masks,
+                            cal_scores=cal["score"].numpy(), cal_maps=cal["anomaly_map"][:, 0].numpy().astype(np.float16),
+                            cal_labels=np.r_[np.zeros(len(held)), np.ones(len(bad))],
+                            cal_masks=np.concatenate((np.zeros((len(held),) + bmasks.shape[1:], bool), bmasks.numpy())),
+                            calibration=json.dumps(res["calibration"]))
+    result = {"notes": []}
+    _decisions(model, None, scores, labels, list(maps), list(masks), result)
+    dec = result.get("decisions", {})
+    return {"category": cat, "fit_s": fit_s, "calibration": res["calibration"], "decisions": dec,
+            "image_auroc": auroc(scores, labels), "pixel_auroc": pixel_auroc(list(maps), list(masks)),
+            "notes": result["notes"]}
+
+
+def _child(cat: str, args, path: str) -> subprocess.Popen:
+    cmd = [sys.executable, os.path.abspath(__file__), "--categories", cat, "--jobs", "1", "--json", path,
+           "--threads", str(args.threads), "--seed", str(args.seed), "--out", os.path.join(args.out, cat),
+           "--n-train", str(args.n_train), "--n-test-good", str(args.n_test_good),
+           "--n-test-defect", str(args.n_test_defect), "--calibration-fraction", str(args.calibration_fraction)]
+    cmd += ["--demo"] if args.demo else []
+    cmd += ["--save-maps", args.save_maps] if args.save_maps else []
+    cmd += ["--smoke"] if args.smoke else []
+    return subprocess.Popen(cmd)
+
+
+def summary(results: list) -> str:
+    rows = [f"{'category':<22} {'method':<16} {'img F1':>7} {'oracle':>7} {'ratio':>6} {'prec':>6} {'rec':>6} "
+            f"{'pix F1':>7} {'oracle':>7} {'ratio':>6} {'imgAUC':>7} {'pixAUC':>7}"]
+    ratios, pratios = [], []
+    for r in results:
+        d = r["decisions"]
+        if not d:
+            rows.append(f"{r['category']:<22} (no decisions: {'; '.join(r['notes'])})")
+            continue
+        ratio = d["image_f1"] / d["oracle_image_f1"]
+        pratio = d["pixel_f1"] / d["oracle_pixel_f1"]
+        ratios.append(ratio)
+        pratios.append(pratio)
+        rows.append(f"{r['category']:<22} {d['calibration_method']:<16} {d['image_f1']:7.3f} "
+                    f"{d['oracle_image_f1']:7.3f} {ratio:6.3f} {d['image_precision']:6.3f} {d['image_recall']:6.3f} "
+                    f"{d['pixel_f1']:7.3f} {d['oracle_pixel_f1']:7.3f} {pratio:6.3f} {r['image_auroc']:7.3f} "
+                    f"{r['pixel_auroc']:7.3f}")
+    if ratios:
+        rows.append(f"image F1 ratio: mean {np.mean(ratios):.3f}, min {np.min(ratios):.3f}, >= 0.9 on "
+                    f"{sum(x >= 0.9 for x in ratios)} of {len(ratios)}; pixel F1 ratio: mean {np.mean(pratios):.3f}, "
+                    f"min {np.min(pratios):.3f}")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    from dadf_fast.data.harness import HARNESS_DEV, HARNESS_VALIDATION
+    from dadf_fast.data.synthetic import DEMO_CATEGORIES
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--categories", nargs="+", default=None,
+                   help="default: the harness's development and validation categories (with --demo: the demo's)")
+    p.add_argument("--demo", action="store_true", help="the demo's data (dadf-fast demo) instead of the harness's")
+    p.add_argument("--calibration-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-train", type=int, default=40)
+    p.add_argument("--n-test-good", type=int, default=16)
+    p.add_argument("--n-test-defect", type=int, default=32)
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "decisions"))
+    p.add_argument("--json")
+    p.add_argument("--save-maps", help="write each category's calibration-set and test scores and maps here (npz)")
+    p.add_argument("--smoke", action="store_true", help="1 epoch / 3 steps of training: checks the script runs")
+    args = p.parse_args(argv)
+    if args.categories is None:
+        args.categories = list(DEMO_CATEGORIES) if args.demo else [*HARNESS_DEV, *HARNESS_VALIDATION]
+    t0 = time.perf_counter()
+    if args.jobs > 1 or (args.json is None and len(args.categories) > 1):
+        pending, running, results = list(args.categories), [], []
+        tmp = tempfile.mkdtemp(prefix="dec_")
+        while pending or running:
+            while pending and len(running) < args.jobs:
+                cat = pending.pop(0)
+                path = os.path.join(tmp, f"{cat.replace('@', '_')}.json")
+                running.append((cat, path, _child(cat, args, path)))
+            time.sleep(2)
+            for item in list(running):
+                if item[2].poll() is not None:
+                    running.remove(item)
+                    if item[2].returncode != 0:
+                        print(f"{item[0]}: failed (exit {item[2].returncode})", file=sys.stderr)
+                        continue
+                    with open(item[1]) as fh:
+                        results.extend(json.load(fh))
+                    print(f"done {item[0]} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        order = {c: i for i, c in enumerate(args.categories)}
+        results.sort(key=lambda r: order[r["category"]])
+    else:
+        results = [run_category(c, args) for c in args.categories]
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=1)
+    print(summary(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
