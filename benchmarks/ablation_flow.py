@@ -44,7 +44,8 @@ def _cache(cat: str, out: str, epochs_recon: int = 4) -> dict:
     train, test = MVTecAD(root, cat, "train"), MVTecAD(root, cat, "test")
     torch.manual_seed(0)
     model = DADF("lite", flow_norm="image")
-    model.fit(train, recipe="lite", epochs_recon=epochs_recon, epochs_flow=0, progress=False, log=lambda *a: None)
+    model.fit(train, recipe="lite", epochs_recon=epochs_recon, epochs_flow=0, progress=False, log=lambda *a: None,
+              calibration_fraction=0.0)
     model.eval()
 
     def flow_inputs(ds):

@@ -192,7 +192,8 @@ def run_category(cat: str, args) -> dict:
         t0 = time.perf_counter()
         if args.smoke:
             fit_kw = dict(fit_kw, iters_flow=3, epochs_recon=1)
-        model.fit(train_imgs, recipe="lite", seed=args.seed, progress=False, log=None, **fit_kw)
+        model.fit(train_imgs, recipe="lite", seed=args.seed, progress=False, log=None,
+                  calibration_fraction=0.0, **fit_kw)
         fit_s = time.perf_counter() - t0
         model.eval()
         test_c = dadf_cues(model, timgs, knn)

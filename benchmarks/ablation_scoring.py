@@ -59,7 +59,7 @@ def main(argv):
     train, test = MVTecAD(ROOT, cat, "train"), MVTecAD(ROOT, cat, "test")
     start = time.time()
     res = model.fit(train, recipe="paper", epochs_recon=e1, epochs_flow=e2, lr_flow=lr, grad_clip=1.0,
-                    progress=False, hflip=hflip, vflip=vflip)
+                    progress=False, hflip=hflip, vflip=vflip, calibration_fraction=0.0)
     print("fit", time.time() - start, res["seconds"], res["loss_recon"][-1], res["loss_flow"])
 
     train_images = torch.stack([train[i]["image"] for i in range(len(train))])

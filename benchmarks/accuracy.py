@@ -122,6 +122,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs-recon", type=int, default=None, help="DADF stage-1 epochs (default: the recipe's)")
     p.add_argument("--epochs-flow", type=int, default=None, help="DADF stage-2 epochs (default: the recipe's)")
     p.add_argument("--iters-flow", type=int, default=None, help="DADF stage-2 optimiser steps (default: the recipe's)")
+    p.add_argument("--calibration-fraction", type=float, default=0.2,
+                   help="DADF: normal images held out of training for the decision thresholds (default: fit's, 0.2; "
+                        "0 trains on all, as before issue 15)")
     p.add_argument("--flow-norm", default=None, choices=["image", "channel"],
                    help="DADF flow-input norm (default: the lite preset's, channel)")
     p.add_argument("--coreset-ratio", type=float, default=1.0, help="kNN memory-bank fraction (default: 1.0)")
@@ -221,7 +224,7 @@ def _fit(method: str, train, args, seed: int, out_dir: str):
         res = model.fit(train, recipe=args.recipe, epochs_recon=args.epochs_recon, epochs_flow=args.epochs_flow,
                         iters_flow=args.iters_flow,
                         seed=seed, out_dir=out_dir, overwrite=args.overwrite, progress=not args.quiet,
-                        log=lambda *a: None)
+                        log=lambda *a: None, calibration_fraction=args.calibration_fraction)
         info = {"recipe": args.recipe, "epochs_recon": len(res["loss_recon"]), "epochs_flow": len(res["loss_flow"]),
                 "final_loss_flow": res["loss_flow"][-1] if res["loss_flow"] else None}
     elif method == "knn":

@@ -87,7 +87,8 @@ def run_category(cat: str, args) -> None:
     torch.manual_seed(args.seed)
     model = DADF("lite", score_cues=("flow",), **ctor)
     t0 = time.perf_counter()
-    model.fit(train_imgs[fit_idx], recipe="lite", seed=args.seed, progress=False, log=None, **fit_kw)
+    model.fit(train_imgs[fit_idx], recipe="lite", seed=args.seed, progress=False, log=None,
+              calibration_fraction=0.0, **fit_kw)
     fit_s = time.perf_counter() - t0
     model.eval()
 
