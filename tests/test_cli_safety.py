@@ -114,7 +114,7 @@ def test_predict_same_names_in_two_folders_get_distinct_outputs(ckpt, loaded, tm
     finally:
         os.umask(old)
     assert rc == 0
-    assert sorted(os.listdir(out)) == ["same.png", "same.tiff", "same_1.png", "same_1.tiff"]
+    assert sorted(os.listdir(out)) == ["predictions.csv", "same.png", "same.tiff", "same_1.png", "same_1.tiff"]
     if os.name == "posix":
         assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o644}
     # each map belongs to its own input: compare with the model's map of that image alone
@@ -135,9 +135,9 @@ def test_predict_folder_skips_hidden_files_and_image_named_folders(ckpt, tmp_pat
     out = tmp_path / "o"
     rc = main(["predict", "--checkpoint", ckpt, str(imgs), "--out", str(out)])
     assert rc == 0, capsys.readouterr().err
-    scored = capsys.readouterr().out.strip().splitlines()
+    scored = [line for line in capsys.readouterr().out.strip().splitlines() if line.endswith(".png")]
     assert len(scored) == 1 and scored[0].endswith(str(imgs / "a.png"))
-    assert sorted(os.listdir(out)) == ["a.png", "a.tiff"]
+    assert sorted(os.listdir(out)) == ["a.png", "a.tiff", "predictions.csv"]
     # a folder with no image at all is an error naming it
     (tmp_path / "empty").mkdir()
     assert main(["predict", "--checkpoint", ckpt, str(tmp_path / "empty")]) == 2
