@@ -275,7 +275,9 @@ def cmd_predict(args):
     if calibrated:
         ng = sum(r["pred_label"] for r in rows)
         print(f"{len(rows) - ng} OK, {ng} NG (of {len(rows)} images)")
-    elif getattr(model, "calibration", 1) is None:
+    elif not hasattr(model, "calibration"):
+        print("no verdicts: the kNN baseline has no decision thresholds")
+    elif model.calibration is None:
         print("no verdicts: the model has no decision thresholds (train it with held-out or --val-dir images)")
     else:
         print("no verdicts: --smooth changes the maps' scale, the model's thresholds do not apply")
