@@ -153,3 +153,47 @@ def test_bench_times_every_stage_the_model_composes(monkeypatch):
     monkeypatch.setattr(model, "infer", extra_stage)
     with torch.no_grad(), pytest.raises(RuntimeError, match="calibrate"):
         time_inference_stages(model, x, torch.device("cpu"))
+
+
+def _runtime_available(module):
+    import importlib
+
+    try:
+        for m in ("onnx", "onnxscript", module):
+            importlib.import_module(m)
+    except ImportError:
+        return False
+    return True
+
+
+def test_exported_runtime_rows_beside_the_torch_rows():
+    """The onnxruntime and openvino rows time the model's export (made once, reused by the
+    second batch size) on the same images, inference only; a missing runtime is a skip note."""
+    lines = []
+    rows = run_bench("lite", batch_sizes=[1, 3], backends=("torch", "onnxruntime", "openvino"),
+                     tasks=("infer", "stage2"), reps=1, warmup=0, input_size=64, split=False,
+                     model_kwargs=dict(depth=1, flow_steps=2), print_fn=lines.append)
+    assert [(r["batch"], r["task"], r["variant"]) for r in rows] == [
+        (b, t, v) for b in (1, 3) for t, vs in (("infer", ("torch", "onnxruntime", "openvino")), ("stage2", ("torch",)))
+        for v in vs]
+    for r in rows:
+        if r["variant"] == "torch":
+            assert r["note"] == "" and r["images_per_s"] > 0
+            continue
+        if not _runtime_available("onnxruntime" if r["variant"] == "onnxruntime" else "openvino"):
+            assert r["note"].startswith("skipped: ") and math.isnan(r["images_per_s"])
+            continue
+        assert r["note"] == "", r["note"]
+        assert r["images_per_s"] > 0 and r["ratio"] > 0 and r["compile_s"] > 0
+        assert r["ops"].startswith(r["variant"] + "(exported float32 graph")
+    assert any("export+load" in line for line in lines)
+
+
+def test_missing_runtime_is_a_skipped_row(monkeypatch):
+    import dadf_fast.deploy.runtime as runtime
+
+    monkeypatch.setattr(runtime, "missing_runtime", lambda fmt: f"no {fmt} here")
+    rows = run_bench("lite", batch_sizes=[1], backends=("torch", "onnxruntime", "openvino"), tasks=("infer",),
+                     reps=1, warmup=0, input_size=64, split=False, model_kwargs=dict(depth=1, flow_steps=2),
+                     print_fn=lambda *_: None)
+    assert [r["note"] for r in rows] == ["", "skipped: no onnx here", "skipped: no onnx here"]

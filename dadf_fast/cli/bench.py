@@ -21,7 +21,13 @@ for the variants
 * ``auto-compile``: ``torch.compile`` of the ``auto`` model (``mode="reduce-overhead"`` on GPU,
   i.e. with CUDA graphs; the custom ops are traced through their fake kernels);
 * ``auto-graph`` (inference, CUDA only): the ``auto`` model replayed from a CUDA graph
-  captured at the row's batch size (:class:`dadf_fast.CUDAGraphInference`).
+  captured at the row's batch size (:class:`dadf_fast.CUDAGraphInference`);
+* ``onnxruntime`` and ``openvino`` (inference; default on CPU): the same model exported by
+  :func:`dadf_fast.export` (one float32 graph with a dynamic batch: the ONNX export, and
+  OpenVINO's conversion of it), run on the CPU by ONNX Runtime / OpenVINO with as many
+  threads as torch uses, on the same images; the export and load time is the row's
+  ``compile_s``.  Without the runtime (``pip install 'dadf-fast[deploy]'``) the row is
+  skipped, its note saying why.
 
 ``dtype="bfloat16"``/``"float16"`` runs every variant in mixed precision,
 ``DADF(dtype=...)`` (autocast; float32 weights, images, flow epilogue and scoring).
@@ -49,7 +55,7 @@ import torch
 
 from dadf_fast.cli.bench_flops import coupling_bytes, stage_flops
 from dadf_fast.cli.bench_report import print_header, print_row, write_csv, write_plot
-from dadf_fast.cli.bench_tasks import COLUMNS, DEFAULT_VARIANTS, SPLIT, TASKS, VARIANTS, run_task
+from dadf_fast.cli.bench_tasks import COLUMNS, DEFAULT_VARIANTS, RUNTIME_VARIANTS, SPLIT, TASKS, VARIANTS, run_task
 from dadf_fast.utils.measure import load_note, time_fn
 
 
@@ -69,8 +75,8 @@ def run_bench(preset="lite", batch_sizes=None, quick: bool = False, csv: str | N
         preset: ``"lite"``, ``"paper"`` or a list of them (``quick``: lite only).
         batch_sizes: default ``[1, 8]`` on CPU, ``[1, 8, 32]`` on GPU (``quick``: the first two).
         backends: the variants, a subset of :data:`VARIANTS`; default ``torch``, ``compile``,
-            ``auto`` (on CUDA also ``auto-compile`` and ``auto-graph``), ``quick``:
-            ``("torch", "auto")``.  ``"torch"`` is always run first (the ratio base).
+            ``auto`` (on CPU also ``onnxruntime`` and ``openvino``, on CUDA ``auto-compile``
+            and ``auto-graph``), ``quick``: ``("torch", "auto")``.  ``"torch"`` is always run first (the ratio base).
         tasks: subset of ``("infer", "stage1", "stage2")``.
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``: the model's compute precision
             (``DADF(dtype=...)``, mixed precision; weights and images stay float32).
@@ -91,7 +97,7 @@ def run_bench(preset="lite", batch_sizes=None, quick: bool = False, csv: str | N
         batch_sizes = [1, 8] if dev.type == "cpu" else [1, 8, 32]
     if quick:
         batch_sizes = list(batch_sizes)[:2]
-    default = list(DEFAULT_VARIANTS) + (["auto-compile", "auto-graph"] if dev.type == "cuda" else [])
+    default = list(DEFAULT_VARIANTS) + (["auto-compile", "auto-graph"] if dev.type == "cuda" else list(RUNTIME_VARIANTS))
     variants = list(backends) if backends is not None else (["torch", "auto"] if quick else default)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -132,9 +138,10 @@ def run_bench(preset="lite", batch_sizes=None, quick: bool = False, csv: str | N
             gen = torch.Generator().manual_seed(0)
             model.calibrate_cues(torch.randn(CALIBRATION_IMAGES, 3, input_size, input_size, generator=gen).to(dev))
         snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        exports = {}  # the model's exported files, shared by its batch sizes (dynamic batch)
         for bs in batch_sizes:
             x = torch.randn(bs, 3, input_size, input_size, device=dev)
-            cache = {}
+            cache = {"exports": exports}
             with torch.no_grad(), model.autocast(dev.type):
                 model.set_backend("torch")
                 cache["feats"] = [f.detach() for f in model.features(x)]
@@ -155,6 +162,8 @@ def run_bench(preset="lite", batch_sizes=None, quick: bool = False, csv: str | N
                 if csv:  # written after every task, so a run cut short keeps what it measured
                     write_csv(rows, csv)
             del cache, x
+        if "tmp" in exports:
+            exports["tmp"].cleanup()
         del model
         if dev.type == "cuda":
             torch.cuda.empty_cache()
@@ -196,7 +205,7 @@ def add_arguments(p) -> None:
     p.add_argument("--quick", action="store_true",
                    help="lite only, batch 1 and 8, 2 reps, torch and auto only (the shortest run)")
     p.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS),
-                   help="default: torch compile auto (quick: torch auto)")
+                   help="default: torch compile auto, and on CPU onnxruntime openvino (quick: torch auto)")
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--reps", type=positive_int, default=None, help="timed calls per row (default 5, quick 2)")
@@ -227,4 +236,4 @@ def main(args, print_fn=print) -> list:
 
 
 __all__ = ["run_bench", "time_fn", "write_csv", "write_plot", "stage_flops", "coupling_bytes", "COLUMNS",
-           "SPLIT", "VARIANTS", "TASKS", "add_arguments", "main"]
+           "SPLIT", "VARIANTS", "RUNTIME_VARIANTS", "TASKS", "add_arguments", "main"]

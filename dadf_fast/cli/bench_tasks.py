@@ -3,7 +3,10 @@
 A row is one (preset, batch, task, variant).  Tasks: ``infer`` (``model.predict``, plus the
 per-stage split timed through :meth:`dadf_fast.DADF.infer`'s stage hook), ``stage1`` and
 ``stage2`` (one training step of each stage on cached inputs).  Variants: see
-:data:`VARIANTS` and :mod:`dadf_fast.cli.bench`.
+:data:`VARIANTS` and :mod:`dadf_fast.cli.bench`; the exported-runtime variants
+(:data:`RUNTIME_VARIANTS`) time the model exported by :func:`dadf_fast.deploy.export.export`
+(one verified ONNX export per model, reused for every batch size, and its OpenVINO
+conversion), inference only.
 """
 from __future__ import annotations
 
@@ -14,8 +17,11 @@ import torch
 
 from dadf_fast.utils.measure import peak_memory_mb, reset_peak_memory, sync
 
-VARIANTS = ("torch", "compile", "auto", "auto-compile", "auto-graph")
+VARIANTS = ("torch", "compile", "auto", "auto-compile", "auto-graph", "onnxruntime", "openvino")
 DEFAULT_VARIANTS = ("torch", "compile", "auto")
+# variant -> export format: the exported graph in ONNX Runtime / OpenVINO on the CPU (float32, the
+# threads torch has), part of the default variants on CPU
+RUNTIME_VARIANTS = {"onnxruntime": "onnx", "openvino": "openvino"}
 TASKS = ("infer", "stage1", "stage2")
 # the column of each of DADF.INFERENCE_STAGES, in the model's order
 STAGE_COLUMNS = {"features": "backbone_ms", "reconstruct": "transformer_ms", "latents": "flows_ms",
@@ -64,11 +70,54 @@ def median_stage_split(model, images, device, warmup: int, reps: int) -> dict:
     return {k: statistics.median(r[k] for r in runs) for k in SPLIT}
 
 
+class RuntimeMissing(ImportError):
+    """The runtime of an exported-runtime variant (or the exporter) is not installed."""
+
+
+def exported_file(model, fmt: str, x, exports: dict) -> str:
+    """The file of ``model`` exported as ``fmt``, made on first use and kept in ``exports``
+    (``{"tmp": a TemporaryDirectory, fmt: path}``; the caller cleans ``tmp`` up, else it goes
+    when collected).  OpenVINO is converted from the ONNX export (one trace per model)."""
+    import os
+    import tempfile
+
+    from dadf_fast.deploy.export import export, onnx_to_openvino
+
+    if "tmp" not in exports:
+        exports["tmp"] = tempfile.TemporaryDirectory(prefix="dadf-bench-export-")
+    folder = exports["tmp"].name
+    if "onnx" not in exports:
+        report = export(model, os.path.join(folder, "onnx"), format="onnx", images=x.detach().float().cpu(),
+                        log=lambda *_: None)
+        exports["onnx"] = report["files"][0]
+    if fmt == "openvino" and fmt not in exports:
+        xml = os.path.join(folder, "model.xml")
+        onnx_to_openvino(exports["onnx"], xml)
+        exports[fmt] = xml
+    return exports[fmt]
+
+
+def runtime_task(model, variant, x, exports: dict):
+    """``run()`` of an exported-runtime variant on batch ``x``, with torch's thread count."""
+    from dadf_fast.deploy.runtime import load_runtime, missing_runtime
+
+    fmt = RUNTIME_VARIANTS[variant]
+    for need in ([fmt] if fmt == "onnx" else ["onnx", fmt]):  # the OpenVINO file is converted from the ONNX
+        missing = missing_runtime(need)
+        if missing:
+            raise RuntimeMissing(missing)
+    run = load_runtime(exported_file(model, fmt, x, exports), fmt, threads=torch.get_num_threads())
+    return lambda: run(x)
+
+
 def make_task(model, task, variant, x, cache):
     """``step_fn`` for one (task, variant) on batch ``x``; ``cache`` holds the backbone
-    features (``feats``) and flow inputs (``inputs``) of ``x`` for the training tasks."""
+    features (``feats``) and flow inputs (``inputs``) of ``x`` for the training tasks, and
+    ``exports`` (a dict shared by the batch sizes of a model) its exported files."""
     from dadf_fast.nn import reconstruction_loss
 
+    if variant in RUNTIME_VARIANTS:
+        return runtime_task(model, variant, x, cache.setdefault("exports", {}))
     compiling = variant in ("compile", "auto-compile")
     # on GPU, auto-compile also takes torch.compile's CUDA-graph mode (launch overhead)
     compile_mode = "reduce-overhead" if variant == "auto-compile" and x.device.type == "cuda" else None
@@ -143,10 +192,12 @@ def resolved_ops(backend, device, dtype, head_dim: int | None = None) -> str:
 
 
 def error_note(variant, exc) -> str:
-    """The row note of a variant that failed with ``exc``."""
+    """The row note of a variant that failed with ``exc`` (or was skipped: its runtime is missing)."""
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    what = {"compile": "compile failed", "auto-compile": "compile failed", "auto-graph": "capture failed"}.get(
-        variant, "failed")
+    if isinstance(exc, RuntimeMissing):
+        return f"skipped: {msg}"
+    what = {"compile": "compile failed", "auto-compile": "compile failed", "auto-graph": "capture failed",
+            "onnxruntime": "export failed", "openvino": "export failed"}.get(variant, "failed")
     return f"{what}: {type(exc).__name__}: {msg[:160]}"
 
 
@@ -165,6 +216,8 @@ def _empty_row(pname, task, variant, backend, x, dev, tdtype, head_dim=None) -> 
         row["ops"] = "torch.compile(" + row["ops"] + ")"
     elif variant == "auto-graph":
         row["ops"] = "cuda-graph(" + row["ops"] + ")"
+    elif variant in RUNTIME_VARIANTS:
+        row["ops"] = f"{variant}(exported float32 graph, CPU, {torch.get_num_threads()} threads)"
     return row
 
 
@@ -177,8 +230,8 @@ def run_task(model, pname, task, variants, x, cache, dev, tdtype, reps, warmup, 
 
     bs = x.shape[0]
     rows, calls = [], {}
-    if task != "infer":  # CUDA graphs are captured for inference only
-        variants = [v for v in variants if v != "auto-graph"]
+    if task != "infer":  # CUDA graphs and exported graphs are inference only
+        variants = [v for v in variants if v != "auto-graph" and v not in RUNTIME_VARIANTS]
     for variant in variants:
         backend = "torch" if variant in ("torch", "compile") else "auto"
         model.set_backend(backend)
@@ -186,14 +239,16 @@ def run_task(model, pname, task, variants, x, cache, dev, tdtype, reps, warmup, 
         rows.append(row)
         reset_peak_memory(dev)
         try:
+            t0 = time.perf_counter()  # an exported-runtime variant exports and loads in make_task
             fn = make_task(model, task, variant, x, cache)
 
             def call(fn=fn, backend=backend):
                 model.set_backend(backend)  # (compiled code guards on it: keep it fixed per variant)
                 return fn()
 
-            if variant in ("compile", "auto-compile", "auto-graph"):  # compile / capture time
-                t0 = time.perf_counter()
+            if variant in ("compile", "auto-compile", "auto-graph", *RUNTIME_VARIANTS):  # compile / capture / export
+                if variant not in RUNTIME_VARIANTS:
+                    t0 = time.perf_counter()
                 call()
                 sync(dev)
                 row["compile_s"] = time.perf_counter() - t0

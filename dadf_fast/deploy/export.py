@@ -239,7 +239,9 @@ def _export_onnx(graph, size: int, path: str) -> None:
     onnx.checker.check_model(path)
 
 
-def _export_openvino(onnx_path: str, xml_path: str) -> None:
+def onnx_to_openvino(onnx_path, xml_path) -> None:
+    """Convert an exported ``model.onnx`` to OpenVINO's ``model.xml`` + ``model.bin`` (no
+    verification: :func:`export` verifies)."""
     ov = require("openvino", "exporting to OpenVINO")
     # weights stay float32 (save_model's default compresses them to float16)
     ov.save_model(ov.convert_model(onnx_path), xml_path, compress_to_fp16=False)
@@ -340,7 +342,7 @@ def _export_staged(model, fmt, images, staging, source, threads, log) -> dict:
     if fmt == "openvino":
         t = time.perf_counter()
         path = os.path.join(staging, "model.xml")
-        _export_openvino(onnx_path, path)
+        onnx_to_openvino(onnx_path, path)
         seconds["convert"] = time.perf_counter() - t
     files = [os.path.join(staging, f) for f in MODEL_FILES[fmt]]
     if fmt == "onnx" and os.path.isfile(onnx_path + ".data"):
@@ -358,5 +360,5 @@ def _export_staged(model, fmt, images, staging, source, threads, log) -> dict:
             "_metadata": meta}
 
 
-__all__ = ["export", "ExportError", "exportable_copy", "verification_images", "compare", "FORMATS", "INPUT_NAME",
+__all__ = ["export", "ExportError", "exportable_copy", "onnx_to_openvino", "verification_images", "compare", "FORMATS", "INPUT_NAME",
            "OPSET", "VERIFY_BATCHES", "MAP_RTOL", "METADATA"]

@@ -316,6 +316,10 @@ def _fit(model, images, cfg: FitConfig, out_dir, resume: bool, overwrite: bool, 
             stage = max(found)
             payload, path = found[stage], (stage1_path, final_path)[stage - 1]
             model.load_state_dict(payload["state_dict"])
+            if payload.get("calibration") is not None:
+                from dadf_fast.models.thresholds import check_calibration
+
+                model.calibration = check_calibration(payload["calibration"], f"{path}'s calibration")
             done = int(payload.get("stage_done", stage))
             run["id"] = result["run_id"] = payload["run"]["id"]
             result["resumed_from"] = path

@@ -156,7 +156,11 @@ def _tiny():
 def test_dadf_predict_checkpoint_and_fit_hold_out(tmp_path):
     x = torch.randn(10, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     m = _tiny()
-    res = m.fit(x, recipe="lite", epochs_recon=1, iters_flow=2, progress=False, log=None)
+    res = m.fit(x, recipe="lite", epochs_recon=1, iters_flow=2, progress=False, log=None, out_dir=tmp_path / "run")
+    # a finished run resumed: the thresholds come back with the weights
+    again = _tiny().fit(x, recipe="lite", epochs_recon=1, iters_flow=2, progress=False, log=None,
+                        out_dir=tmp_path / "run", resume=True)
+    assert again["calibration"] == res["calibration"] and again["resumed_from"].endswith("model.pt")
     # 20 % of 10 held out: 2 normal images, the documented fallback
     assert res["calibration"]["method"] == "normal-quantile" and res["calibration"]["n_normal"] == 2
     assert m.cue_memory.shape[0] == 8 * 8 * 8  # the 8 training images' patches only (stride-8 grid of 64 px)
