@@ -188,8 +188,14 @@ def compare(got: dict, want: dict, calibration: dict | None, names) -> dict:
 
 
 def _metadata(model, fmt, files, names, source, verification) -> dict:
-    from dadf_fast import __version__
+    from importlib.metadata import PackageNotFoundError, version
+
     from dadf_fast.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    try:  # the installed distribution's version (the package root imports this module: no import of it here)
+        package_version = version("dadf-fast")
+    except PackageNotFoundError:  # pragma: no cover - a source tree that is not installed
+        package_version = "unknown"
 
     s = model.input_size
     shapes = {"anomaly_map": ["batch", 1, s, s], "score": ["batch"], "pred_score": ["batch"],
@@ -199,7 +205,7 @@ def _metadata(model, fmt, files, names, source, verification) -> dict:
     return {
         "format": fmt, "files": list(files), "runtime": RUNTIMES[fmt],
         "runtime_config": dict(OPENVINO_CONFIG) if fmt == "openvino" else {},
-        "dadf_fast_version": __version__, "torch_version": torch.__version__, "onnx_opset": OPSET,
+        "dadf_fast_version": package_version, "torch_version": torch.__version__, "onnx_opset": OPSET,
         "source": source,
         "input": {"name": INPUT_NAME, "shape": ["batch", 3, s, s], "dtype": "float32", "layout": "NCHW",
                   "dynamic_axes": {"0": "batch"}},

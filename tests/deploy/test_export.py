@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import dadf_fast
 from dadf_fast import DADF, export
 from dadf_fast.deploy import ExportError
 from dadf_fast.utils.io import OutputPathError
@@ -122,7 +123,7 @@ def test_metadata(model, exported):
     assert meta["thresholds"] == {"image": model.calibration["image_threshold"],
                                   "pixel": model.calibration["pixel_threshold"]}
     assert meta["preset"] == "lite" and meta["config"]["score_cues"] == ["flow", "recon", "knn"]
-    assert meta["dadf_fast_version"] and len(meta["verification"]) == 2
+    assert meta["dadf_fast_version"] == dadf_fast.__version__ and len(meta["verification"]) == 2
     ov_meta = json.loads(open(_report(exported, "openvino")["metadata"]).read())
     assert ov_meta["runtime_config"] == {"INFERENCE_PRECISION_HINT": "f32"}
 
