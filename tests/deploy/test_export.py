@@ -218,3 +218,25 @@ def test_graph_pieces_give_the_models_numbers():
     got = nearest_distances_graph(queries, memory, block_rows=64)
     torch.testing.assert_close(got, nearest_distances(queries, memory), rtol=1e-5, atol=1e-5)
     assert torch.equal(got[:5], torch.zeros(5))
+
+
+def test_cli_arguments_and_full_out_folder(model, tmp_path):
+    """``dadf-fast export``'s options; a full --out is refused (named --out) before any export."""
+    import argparse
+
+    from dadf_fast.cli import export as cli_export
+
+    parser = argparse.ArgumentParser()
+    cli_export.add_arguments(parser)
+    model.save(tmp_path / "model.pt")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    args = parser.parse_args(["--checkpoint", str(tmp_path / "model.pt"), "--format", "openvino", "--out", str(out),
+                              "--images", "a.png", "folder"])
+    assert args.format == "openvino" and args.images == ["a.png", "folder"] and not args.overwrite
+    with pytest.raises(OutputPathError, match="--out .* already holds files"):
+        cli_export.run(args, print_fn=lambda *_: None)
+    assert os.listdir(out) == ["keep.txt"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--checkpoint", "m.pt", "--out", "o", "--format", "tflite"])
