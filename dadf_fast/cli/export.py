@@ -51,8 +51,11 @@ def run(args, print_fn=print) -> dict:
             # --out is checked (and named as --out in errors) before the checkpoint is read
             stack.enter_context(prepare_output_dir(args.out, overwrite=args.overwrite, what="--out"))
             stack.enter_context(protect_inputs([args.checkpoint, *(images or [])]))
-            report = export(args.checkpoint, args.out, format=args.format, images=images,
-                            overwrite=args.overwrite, log=print_fn)
+            try:
+                report = export(args.checkpoint, args.out, format=args.format, images=images,
+                                overwrite=args.overwrite, log=print_fn)
+            except ImportError as exc:  # a missing optional dependency: one line (the CLI prints RuntimeErrors)
+                raise RuntimeError(str(exc)) from exc
     except BaseException:
         if not existed and os.path.isdir(args.out) and not os.listdir(args.out):
             os.rmdir(args.out)  # a failed export leaves no folder it created
