@@ -21,6 +21,7 @@ LAYERS = {
     "dadf_fast.metrics": 4,
     "dadf_fast.models": 5,
     "dadf_fast.engine": 6,
+    "dadf_fast.deploy": 6,  # export of a trained detector to ONNX / OpenVINO (beside engine)
     "dadf_fast.cli": 7,
     "dadf_fast": 8,  # the package root re-exports the public API
 }

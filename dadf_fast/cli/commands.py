@@ -1,4 +1,4 @@
-"""The ``dadf-fast`` command line: train, test, predict, demo, bench."""
+"""The ``dadf-fast`` command line: train, test, predict, export, demo, bench."""
 from __future__ import annotations
 
 import argparse
@@ -114,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute precision (default: float32)")
     p.add_argument("--quiet", action="store_true")
     _add_common(p)
+
+    p = sub.add_parser("export", help="export a trained detector to one verified ONNX or OpenVINO graph")
+    from dadf_fast.cli.export import add_arguments as _export_arguments
+
+    _export_arguments(p)
 
     p = sub.add_parser("bench", help="benchmark suite: inference and training-step throughput of the backends")
     from dadf_fast.cli.bench import add_arguments as _bench_arguments
@@ -299,7 +304,13 @@ def cmd_bench(args):
     main(args)
 
 
-COMMANDS = {"train": cmd_train, "test": cmd_test, "predict": cmd_predict, "demo": cmd_demo, "bench": cmd_bench}
+def cmd_export(args):
+    from dadf_fast.cli.export import run
+
+    run(args)
+
+
+COMMANDS = {"export": cmd_export, "train": cmd_train, "test": cmd_test, "predict": cmd_predict, "demo": cmd_demo, "bench": cmd_bench}
 
 
 def main(argv=None) -> int:

@@ -240,3 +240,27 @@ def test_cli_arguments_and_full_out_folder(model, tmp_path):
     assert os.listdir(out) == ["keep.txt"]
     with pytest.raises(SystemExit):
         parser.parse_args(["--checkpoint", "m.pt", "--out", "o", "--format", "tflite"])
+
+
+def test_dadf_fast_export_command(model, tmp_path, capsys):
+    """``dadf-fast export`` through the CLI's entry point: the file runs, a second export into
+    the same folder is a one-line error (exit 2) that leaves the first one as it was."""
+    from dadf_fast.cli.commands import main
+    from dadf_fast.deploy.runtime import load_runtime
+
+    _exporter_or_skip()
+    model.save(tmp_path / "model.pt")
+    out = tmp_path / "out"
+    assert main(["export", "--checkpoint", str(tmp_path / "model.pt"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "verified at batch 7" in printed and "labels equal 7/7" in printed
+    before = (out / "model.onnx").read_bytes()
+    x = torch.randn(2, 3, model.input_size, model.input_size, generator=torch.Generator().manual_seed(9))
+    got = load_runtime(str(out / "model.onnx"), "onnx")(x.numpy())
+    want = model.predict(x)
+    np.testing.assert_allclose(got["anomaly_map"], want["anomaly_map"].numpy(), atol=1e-4, rtol=0)
+    assert np.array_equal(got["pred_label"], want["pred_label"].numpy())
+    assert main(["export", "--checkpoint", str(tmp_path / "model.pt"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "already holds files" in err and len(err.splitlines()) == 1
+    assert (out / "model.onnx").read_bytes() == before
