@@ -27,10 +27,7 @@ for the variants
   OpenVINO's conversion of it), run on the CPU by ONNX Runtime / OpenVINO with as many
   threads as torch uses, on the same images; the export and load time is the row's
   ``compile_s``.  Without the runtime (``pip install 'dadf-fast[deploy]'``) the row is
-  skipped, its note saying why;
-* ``openvino-bf16`` (inference, CPU, on request): the same OpenVINO file compiled with
-  ``INFERENCE_PRECISION_HINT=bf16`` (OpenVINO's own mixed precision; not the verified f32
-  numbers).
+  skipped, its note saying why.
 
 ``dtype="bfloat16"``/``"float16"`` runs every variant in mixed precision,
 ``DADF(dtype=...)`` (autocast; float32 weights, images, flow epilogue and scoring).
@@ -100,8 +97,7 @@ def run_bench(preset="lite", batch_sizes=None, quick: bool = False, csv: str | N
         batch_sizes = [1, 8] if dev.type == "cpu" else [1, 8, 32]
     if quick:
         batch_sizes = list(batch_sizes)[:2]
-    default = list(DEFAULT_VARIANTS) + (["auto-compile", "auto-graph"] if dev.type == "cuda"
-                                    else ["onnxruntime", "openvino"])
+    default = list(DEFAULT_VARIANTS) + (["auto-compile", "auto-graph"] if dev.type == "cuda" else list(RUNTIME_VARIANTS))
     variants = list(backends) if backends is not None else (["torch", "auto"] if quick else default)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:

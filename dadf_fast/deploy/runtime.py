@@ -44,7 +44,7 @@ def _as_array(images) -> np.ndarray:
     return np.ascontiguousarray(images, dtype=np.float32)
 
 
-def load_runtime(path, fmt: str, threads: int | None = None, precision: str = "f32"):
+def load_runtime(path, fmt: str, threads: int | None = None):
     """``run(images) -> {name: array}`` for the exported file ``path`` (``model.onnx`` or
     ``model.xml``) of format ``fmt``, on the CPU with ``threads`` threads (None: the runtime's
     default)."""
@@ -65,11 +65,7 @@ def load_runtime(path, fmt: str, threads: int | None = None, precision: str = "f
         return run
     if fmt == "openvino":
         ov = require("openvino", "running an OpenVINO export")
-        if precision not in ("f32", "bf16"):
-            raise ValueError(f"precision must be 'f32' or 'bf16' (OpenVINO's inference precision), got {precision!r}")
-        # bf16: OpenVINO's own mixed precision (AMX / AVX512-bf16 where the CPU has them); not
-        # what the export was verified at (maps move by ~0.05), offered for speed comparisons
-        config = dict(OPENVINO_CONFIG, INFERENCE_PRECISION_HINT=precision)
+        config = dict(OPENVINO_CONFIG)
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         compiled = ov.Core().compile_model(path, "CPU", config)
