@@ -266,28 +266,11 @@ def main(argv=None) -> int:
     p.add_argument("--save-maps", help="write each category's smoothed cue maps here (npz)")
     p.add_argument("--smoke", action="store_true", help="1 epoch / 3 steps of training: checks the script runs")
     args = p.parse_args(argv)
-    t0 = time.perf_counter()
     if args.jobs > 1 or (args.json is None and len(args.categories) > 1):
-        pending = list(args.categories)
-        running, results = [], []
-        tmp = tempfile.mkdtemp(prefix="abl_")
-        while pending or running:
-            while pending and len(running) < args.jobs:
-                cat = pending.pop(0)
-                path = os.path.join(tmp, f"{cat.replace('@', '_')}.json")
-                running.append((cat, path, _child(cat, args, path)))
-            time.sleep(2)
-            for item in list(running):
-                if item[2].poll() is not None:
-                    running.remove(item)
-                    if item[2].returncode != 0:
-                        print(f"{item[0]}: failed (exit {item[2].returncode})", file=sys.stderr)
-                        continue
-                    with open(item[1]) as fh:
-                        results.extend(json.load(fh))
-                    print(f"done {item[0]} ({time.perf_counter() - t0:.0f} s)", flush=True)
-        order = {c: i for i, c in enumerate(args.categories)}
-        results.sort(key=lambda r: order[r["category"]])
+        sys.path.insert(0, HERE)
+        from category_jobs import run_categories
+
+        results = run_categories(args.categories, args.jobs, lambda cat, path: _child(cat, args, path))
     else:
         results = [run_category(c, args) for c in args.categories]
     if args.json:

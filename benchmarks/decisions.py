@@ -25,6 +25,8 @@ import time
 import numpy as np
 import torch
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+
 
 def run_category(cat: str, args) -> dict:
     from torch.utils.data import DataLoader
@@ -168,27 +170,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.categories is None:
         args.categories = list(DEMO_CATEGORIES) if args.demo else [*HARNESS_DEV, *HARNESS_VALIDATION]
-    t0 = time.perf_counter()
     if args.jobs > 1 or (args.json is None and len(args.categories) > 1):
-        pending, running, results = list(args.categories), [], []
-        tmp = tempfile.mkdtemp(prefix="dec_")
-        while pending or running:
-            while pending and len(running) < args.jobs:
-                cat = pending.pop(0)
-                path = os.path.join(tmp, f"{cat.replace('@', '_')}.json")
-                running.append((cat, path, _child(cat, args, path)))
-            time.sleep(2)
-            for item in list(running):
-                if item[2].poll() is not None:
-                    running.remove(item)
-                    if item[2].returncode != 0:
-                        print(f"{item[0]}: failed (exit {item[2].returncode})", file=sys.stderr)
-                        continue
-                    with open(item[1]) as fh:
-                        results.extend(json.load(fh))
-                    print(f"done {item[0]} ({time.perf_counter() - t0:.0f} s)", flush=True)
-        order = {c: i for i, c in enumerate(args.categories)}
-        results.sort(key=lambda r: order[r["category"]])
+        sys.path.insert(0, HERE)
+        from category_jobs import run_categories
+
+        results = run_categories(args.categories, args.jobs, lambda cat, path: _child(cat, args, path))
     else:
         results = [run_category(c, args) for c in args.categories]
     if args.json:

@@ -254,21 +254,14 @@ def cmd_test(args):
 
 
 def cmd_predict(args):
-    from dadf_fast.data import IMAGE_EXTENSIONS, list_images
+    from dadf_fast.data import expand_image_paths
     from dadf_fast.engine.evaluation import predict_files
 
-    paths = []
-    for p in args.images:
-        if os.path.isdir(p):
-            # the same rule as train/test: hidden files (macOS ._x.png) and folders named x.png are no images
-            found = [str(f) for f in list_images(p)]
-            if not found:
-                raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {p}")
-            paths += found
-        elif os.path.isfile(p):
-            paths.append(p)
-        else:
-            raise UserError(f"no such image file or folder: {p}")
+    try:
+        # the same rule as train/test: hidden files (macOS ._x.png) and folders named x.png are no images
+        paths = expand_image_paths(args.images, "images")
+    except ValueError as exc:
+        raise UserError(str(exc).removeprefix("images: ")) from None
     _prepare_out(args, inputs=[args.checkpoint, *paths])
     model = _load(args)
     rows = predict_files(model, paths, batch_size=args.batch_size, out_dir=args.out,

@@ -50,11 +50,11 @@ through training:
 from dadf_fast.data.base import collate, list_categories
 from dadf_fast.data.errors import DatasetError, ImageReadError, MissingFolderError, SkippedImageWarning
 from dadf_fast.data.folder import FolderDataset
-from dadf_fast.data.images import IMAGE_EXTENSIONS, list_images, load_rgb
+from dadf_fast.data.images import IMAGE_EXTENSIONS, expand_image_paths, list_images, load_rgb
 from dadf_fast.data.loco import MVTecLOCO
 from dadf_fast.data.mvtec import MVTecAD
 from dadf_fast.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, flip_augment, load_image, normalize
 
 __all__ = ["MVTecAD", "MVTecLOCO", "FolderDataset", "DatasetError", "MissingFolderError", "ImageReadError",
            "SkippedImageWarning", "IMAGE_EXTENSIONS", "IMAGENET_MEAN", "IMAGENET_STD", "collate", "denormalize",
-           "flip_augment", "list_categories", "list_images", "load_image", "load_rgb", "normalize"]
+           "expand_image_paths", "flip_augment", "list_categories", "list_images", "load_image", "load_rgb", "normalize"]

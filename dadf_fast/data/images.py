@@ -6,6 +6,7 @@ float images must hold [0, 1]. See :func:`load_rgb`.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,25 @@ def list_images(folder) -> list[Path]:
     macOS ``._x.png`` and folders named like images left out), sorted by name (a
     deterministic order)."""
     return sorted((p for p in Path(folder).iterdir() if is_image(p)), key=lambda p: p.name)
+
+
+def expand_image_paths(items, what: str = "images") -> list[str]:
+    """Image files and folders (each folder: its :func:`list_images`) as one list of file
+    paths in the given order; a folder without images or a missing path raises
+    ``ValueError`` naming ``what``."""
+    paths = []
+    for p in items:
+        p = os.fspath(p)
+        if os.path.isdir(p):
+            found = [str(f) for f in list_images(p)]
+            if not found:
+                raise ValueError(f"{what}: no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {p}")
+            paths += found
+        elif os.path.isfile(p):
+            paths.append(p)
+        else:
+            raise ValueError(f"{what}: no such image file or folder: {p}")
+    return paths
 
 
 def require_dir(folder: Path, what: str) -> Path:

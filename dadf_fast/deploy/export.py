@@ -107,21 +107,9 @@ def _resolve_model(model):
 
 
 def _image_files(items) -> list:
-    from dadf_fast.data import list_images
+    from dadf_fast.data import expand_image_paths
 
-    paths = []
-    for p in items:
-        p = os.fspath(p)
-        if os.path.isdir(p):
-            found = [str(f) for f in list_images(p)]
-            if not found:
-                raise ValueError(f"images: no image files in folder {p}")
-            paths += found
-        elif os.path.isfile(p):
-            paths.append(p)
-        else:
-            raise ValueError(f"images: no such image file or folder: {p}")
-    return paths
+    return expand_image_paths(items, "images")
 
 
 def verification_images(size: int, images=None) -> torch.Tensor:
