@@ -330,6 +330,8 @@ def _fit(model, images, cfg: FitConfig, out_dir, resume: bool, overwrite: bool, 
         result["calibration"] = getattr(model, "calibration", None)
         return result
 
+    if hasattr(model, "calibration"):
+        model.calibration = None  # thresholds of earlier weights never pass for this run's
     if val is None and hasattr(model, "calibrate_cues"):
         min_train = 2 if "knn" in model.config.get("score_cues", ()) else 1
         images, held = _hold_out(images, cfg, min_train, log)

@@ -180,6 +180,9 @@ def test_dadf_predict_checkpoint_and_fit_hold_out(tmp_path):
     labels = torch.tensor([0, 0, 0, 0, 1, 1])
     calib = m.calibrate(x[:6], labels=labels, log=None)
     assert calib["method"] == "f1" and m.predict(x[:1])["pred_score"].shape == (1,)
+    # refitting without a hold-out drops the thresholds of the earlier weights
+    m.fit(x, recipe="lite", epochs_recon=1, iters_flow=2, progress=False, log=None, calibration_fraction=0.0)
+    assert m.calibration is None and "pred_label" not in m.predict(x[:1])
     # no hold-out: every image trains, no thresholds
     m2 = _tiny()
     res2 = m2.fit(x, recipe="lite", epochs_recon=1, iters_flow=2, progress=False, log=None, calibration_fraction=0.0)
