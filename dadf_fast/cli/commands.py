@@ -1,4 +1,4 @@
-"""The ``dadf-fast`` command line: train, test, predict, export, demo, bench."""
+"""The ``dadf-fast`` command line: train, test, predict, calibrate, export, demo, bench."""
 from __future__ import annotations
 
 import argparse
@@ -113,6 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="compute precision (default: float32)")
     p.add_argument("--quiet", action="store_true")
+    _add_common(p)
+
+    p = sub.add_parser("calibrate", help="set a trained detector's decision thresholds anew on validation images")
+    p.add_argument("--checkpoint", required=True, help="model.pt written by train (a DADF checkpoint)")
+    p.add_argument("--val-dir", required=True,
+                   help="folder of images of the new conditions: normal ones, and anomalous ones marked by "
+                        "--val-mask-dir (without masks all count as normal: synthetic defects are drawn on them)")
+    p.add_argument("--val-mask-dir", help="masks for --val-dir (<stem>.png or <stem>_mask.png)")
+    p.add_argument("--out", required=True,
+                   help=f"folder for the recalibrated model.pt (the input checkpoint is never changed); it {OUT_RULE}")
+    p.add_argument("--overwrite", action="store_true", help="write into an --out folder that already holds files")
+    p.add_argument("--seed", type=seed_int, default=0, help="the synthetic defects' seed")
     _add_common(p)
 
     p = sub.add_parser("export", help="export a trained detector to one verified ONNX or OpenVINO graph")
@@ -297,13 +309,34 @@ def cmd_bench(args):
     main(args)
 
 
+def cmd_calibrate(args):
+    """Recalibrate a checkpoint's thresholds (``DADF.calibrate``) and write it to ``--out``."""
+    model = _load(args)
+    if not hasattr(model, "calibrate_cues"):
+        raise UserError(f"{args.checkpoint} is a kNN baseline checkpoint: it has no decision thresholds")
+    val, val_files = _validation(args, model.input_size)
+    _prepare_out(args, inputs=[args.checkpoint, *val_files])
+    old = model.calibration
+    calib = model.calibrate(val["val_images"].to(args.device), val["val_labels"], val["val_masks"],
+                            batch_size=args.batch_size, seed=args.seed, log=lambda *a: None)
+    path = os.path.join(args.out, "model.pt")
+    model.save(path, extra={"recalibrated_from": os.path.abspath(args.checkpoint)})
+    before = (f"image {old['image_threshold']:.5g}, pixel {old['pixel_threshold']:.5g} ({old['method']})"
+              if old else "none")
+    print(f"thresholds before: {before}")
+    print(f"thresholds now: image {calib['image_threshold']:.5g}, pixel {calib['pixel_threshold']:.5g} "
+          f"({calib['method']} on {calib['n_normal']} normal and {calib['n_anomalous']} anomalous images)"
+          + (f"; {calib['note']}" if calib["note"] else ""))
+    print(f"recalibrated checkpoint: {path}")
+
+
 def cmd_export(args):
     from dadf_fast.cli.export import run
 
     run(args)
 
 
-COMMANDS = {"export": cmd_export, "train": cmd_train, "test": cmd_test, "predict": cmd_predict, "demo": cmd_demo, "bench": cmd_bench}
+COMMANDS = {"calibrate": cmd_calibrate, "export": cmd_export, "train": cmd_train, "test": cmd_test, "predict": cmd_predict, "demo": cmd_demo, "bench": cmd_bench}
 
 
 def main(argv=None) -> int:

@@ -111,3 +111,30 @@ def test_threshold_options_are_checked(data, tmp_path, capsys):
     assert main(["train", "--normal-dir", str(data / "normal"), "--out", str(tmp_path / "c"), "--method", "knn",
                  "--val-dir", str(data / "val"), *TRAIN]) == 2
     assert "for --method dadf" in capsys.readouterr().err
+
+
+def test_calibrate_command_sets_thresholds_anew(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--normal-dir", str(data / "normal"), "--out", str(out), "--calibration-fraction", "0",
+                 *TRAIN]) == 0
+    assert DADF.load(out / "model.pt").calibration is None
+    before = (out / "model.pt").read_bytes()
+    capsys.readouterr()
+    recal = tmp_path / "recal"
+    assert main(["calibrate", "--checkpoint", str(out / "model.pt"), "--val-dir", str(data / "val"),
+                 "--val-mask-dir", str(data / "val_masks"), "--out", str(recal)]) == 0
+    printed = capsys.readouterr().out
+    assert "thresholds before: none" in printed and "(f1 on 5 normal and 2 anomalous images)" in printed
+    model = DADF.load(recal / "model.pt")
+    assert model.calibration["method"] == "f1"
+    assert (out / "model.pt").read_bytes() == before  # the input checkpoint is never changed
+    # the same weights: only the thresholds differ
+    ref = DADF.load(out / "model.pt")
+    assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), model.state_dict().values()))
+    # normal images only: synthetic defects on them; a full --out is refused
+    assert main(["calibrate", "--checkpoint", str(recal / "model.pt"), "--val-dir", str(data / "normal"),
+                 "--out", str(tmp_path / "recal2")]) == 0
+    assert DADF.load(tmp_path / "recal2" / "model.pt").calibration["method"] == "f1-synthetic"
+    assert main(["calibrate", "--checkpoint", str(out / "model.pt"), "--val-dir", str(data / "val"),
+                 "--out", str(recal)]) == 2
+    assert "already holds files" in capsys.readouterr().err
