@@ -33,7 +33,8 @@ def _add_common(p, checkpoint=False):
 def _add_data(p, required=True):
     g = p.add_argument_group("data (MVTec AD / MVTec LOCO AD root + --category, or plain folders)")
     g.add_argument("--data", help="dataset root (MVTec AD or MVTec LOCO AD layout)")
-    g.add_argument("--category", help="category folder under --data, e.g. bottle")
+    g.add_argument("--category", help="category folder under --data, e.g. bottle (train: also 'all' or a "
+                                      "comma-separated list, one model per category in --out/<category>)")
     g.add_argument("--normal-dir", help="plain folder of normal training images (instead of --data)")
     g.add_argument("--test-dir", help="plain folder of test images")
     g.add_argument("--mask-dir", help="plain folder of test masks (<stem>.png or <stem>_mask.png)")
@@ -186,6 +187,9 @@ def cmd_train(args):
     if args.method == "knn" and (args.val_dir or args.val_mask_dir or args.calibration_fraction is not None):
         raise UserError("--val-dir, --val-mask-dir and --calibration-fraction are for --method dadf: the kNN "
                         "baseline has no decision thresholds")
+    categories = _train_categories(args)
+    if categories is not None:
+        return _train_many(args, categories)
     torch.manual_seed(args.seed)
     recipe = args.recipe or ("lite" if args.preset == "lite" else "paper")
     train = _datasets(args, "train", args.input_size)
@@ -223,6 +227,59 @@ def cmd_train(args):
         print(f"thresholds ({calib['method']}): image {calib['image_threshold']:.5g}, pixel "
               f"{calib['pixel_threshold']:.5g}" + (f"; {calib['note']}" if calib["note"] else ""))
     print(json.dumps(res["seconds"]))
+
+
+def _train_categories(args):
+    """The categories of ``--category all`` or ``--category a,b`` (None for one category)."""
+    if not args.data or not args.category or (args.category != "all" and "," not in args.category):
+        return None
+    from dadf_fast import data
+
+    found = data.list_categories(args.data) if os.path.isdir(args.data) else []
+    if args.category == "all":
+        if not found:
+            raise UserError(f"--category all: no categories in {args.data}")
+        return found
+    wanted = [c.strip() for c in args.category.split(",") if c.strip()]
+    unknown = [c for c in wanted if c not in found]
+    if unknown:
+        raise UserError(f"--category: {', '.join(unknown)} not in {args.data} (categories: {', '.join(found) or 'none'})")
+    if len(set(wanted)) != len(wanted):
+        raise UserError(f"--category names a category twice: {args.category}")
+    return wanted
+
+
+def _train_many(args, categories) -> None:
+    """Train one model per category into ``--out/<category>``, one after another; a category
+    that fails is reported in the summary and does not stop the others (exit status 2 then)."""
+    import copy
+    import time
+
+    if args.val_dir or args.val_mask_dir:
+        raise UserError("--val-dir and --val-mask-dir belong to one category: train the categories one at a time")
+    _prepare_out(args, inputs=[args.backbone_weights], resume=args.resume if args.method == "dadf" else None)
+    rows = []
+    for cat in categories:
+        sub = copy.copy(args)
+        sub.category, sub.out = cat, os.path.join(args.out, cat)
+        sub.cleanup = contextlib.ExitStack()
+        t0 = time.perf_counter()
+        print(f"== {cat}")
+        try:
+            with sub.cleanup:
+                cmd_train(sub)
+            rows.append((cat, "ok", time.perf_counter() - t0, os.path.join(sub.out, "model.pt")))
+        except KeyboardInterrupt:
+            raise
+        except (UserError, *EXPECTED_ERRORS) as exc:
+            print(f"{cat}: failed: {exc}", file=sys.stderr)
+            rows.append((cat, f"failed: {exc}", time.perf_counter() - t0, ""))
+    print(f"{'category':<24} {'result':<10} {'seconds':>8}  checkpoint")
+    for cat, result, sec, path in rows:
+        print(f"{cat:<24} {result if result == 'ok' else 'FAILED':<10} {sec:8.1f}  {path or result}")
+    failed = [r[0] for r in rows if r[1] != "ok"]
+    if failed:
+        raise UserError(f"{len(failed)} of {len(rows)} categories failed: {', '.join(failed)}")
 
 
 def _validation(args, size) -> tuple[dict, list]:
