@@ -250,21 +250,55 @@ def _train_categories(args):
 
 
 def _train_many(args, categories) -> None:
-    """Train one model per category into ``--out/<category>``, one after another; a category
-    that fails is reported in the summary and does not stop the others (exit status 2 then)."""
+    """Train one model per category into ``--out/<category>``; a category that fails is
+    reported in the summary and does not stop the others (exit status 2 then).  Under
+    ``torchrun`` the categories are spread over the ranks (rank r trains every
+    ``world_size``-th one from the r-th), each rank training its own models; rank 0 prints
+    the summary of all."""
+    from dadf_fast.engine import distributed
+
+    started = distributed.start()
+    try:
+        _train_many_ranks(args, categories, *distributed.world())
+    finally:
+        if started:
+            distributed.stop()
+
+
+def _train_many_ranks(args, categories, rank: int, size: int) -> None:
     import copy
+    import hashlib
     import time
+
+    from dadf_fast.engine.distributed import agree, gather
 
     if args.val_dir or args.val_mask_dir:
         raise UserError("--val-dir and --val-mask-dir belong to one category: train the categories one at a time")
-    _prepare_out(args, inputs=[args.backbone_weights], resume=args.resume if args.method == "dadf" else None)
+    if size > len(categories):
+        raise UserError(f"{size} processes for {len(categories)} categories: start at most {len(categories)} "
+                        "(--nproc-per-node)")
+    # every rank must see the same categories and training files (a cheap checksum of the list)
+    listing = hashlib.sha256(repr([(c, sorted(os.listdir(os.path.join(args.data, c, "train", "good")))
+                                    if os.path.isdir(os.path.join(args.data, c, "train", "good")) else None)
+                                   for c in categories]).encode()).hexdigest()
+    if len(set(gather(listing))) > 1:
+        raise UserError(f"the ranks see different data under {args.data} (categories or training files differ)")
+    problem = None
+    if rank == 0:  # one rank checks and locks --out; the others wait for its verdict
+        try:
+            _prepare_out(args, inputs=[args.backbone_weights], resume=args.resume if args.method == "dadf" else None)
+        except (UserError, *EXPECTED_ERRORS) as exc:
+            problem = str(exc)
+    problem = agree(problem)
+    if problem:
+        raise UserError(problem)
     rows = []
-    for cat in categories:
+    for cat in categories[rank::size]:
         sub = copy.copy(args)
         sub.category, sub.out = cat, os.path.join(args.out, cat)
         sub.cleanup = contextlib.ExitStack()
         t0 = time.perf_counter()
-        print(f"== {cat}")
+        print(f"== {cat}" + (f" (rank {rank})" if size > 1 else ""), flush=True)
         try:
             with sub.cleanup:
                 cmd_train(sub)
@@ -274,9 +308,11 @@ def _train_many(args, categories) -> None:
         except (UserError, *EXPECTED_ERRORS) as exc:
             print(f"{cat}: failed: {exc}", file=sys.stderr)
             rows.append((cat, f"failed: {exc}", time.perf_counter() - t0, ""))
-    print(f"{'category':<24} {'result':<10} {'seconds':>8}  checkpoint")
-    for cat, result, sec, path in rows:
-        print(f"{cat:<24} {result if result == 'ok' else 'FAILED':<10} {sec:8.1f}  {path or result}")
+    rows = sorted((r for part in gather(rows) for r in part), key=lambda r: categories.index(r[0]))
+    if rank == 0:
+        print(f"{'category':<24} {'result':<10} {'seconds':>8}  checkpoint")
+        for cat, result, sec, path in rows:
+            print(f"{cat:<24} {result if result == 'ok' else 'FAILED':<10} {sec:8.1f}  {path or result}")
     failed = [r[0] for r in rows if r[1] != "ok"]
     if failed:
         raise UserError(f"{len(failed)} of {len(rows)} categories failed: {', '.join(failed)}")

@@ -41,3 +41,38 @@ def test_train_every_category_and_report_failures(tmp_path, capsys):
     assert (tmp_path / "two" / "grass" / "model.pt").exists()
     assert main(["train", "--data", str(root), "--category", "grass,nope", "--out", str(tmp_path / "x"), *ARGS]) == 2
     assert "nope not in" in capsys.readouterr().err
+
+
+def _torchrun(args, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "dadf_fast.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+
+
+def test_torchrun_spreads_the_categories_over_ranks(tmp_path):
+    """Two gloo processes train one category each; each model matches a single-process run of
+    that category (to float rounding: the processes run one thread each)."""
+    root = tmp_path / "mvtec"
+    make_dataset(root, categories=["brick", "grass"], n_train=5, n_test_good=2, n_test_defect=2, image_size=64,
+                 seed=0)
+    out = tmp_path / "dist"
+    done = _torchrun(["train", "--data", str(root), "--category", "all", "--out", str(out), *ARGS], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "== brick (rank 0)" in done.stdout and "== grass (rank 1)" in done.stdout
+    assert done.stdout.count("category                 result") == 1  # one summary, from rank 0
+    for cat in ("brick", "grass"):
+        assert main(["train", "--data", str(root), "--category", cat, "--out", str(tmp_path / cat), *ARGS]) == 0
+        a, b = DADF.load(out / cat / "model.pt"), DADF.load(tmp_path / cat / "model.pt")
+        for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=name)
+    # more processes than categories: every rank stops with the same one-line error
+    bad = _torchrun(["train", "--data", str(root), "--category", "grass,", "--out", str(tmp_path / "x"), *ARGS],
+                    tmp_path)
+    assert bad.returncode != 0
+    assert bad.stderr.count("2 processes for 1 categories: start at most 1") == 2
+    assert not (tmp_path / "x").exists()
