@@ -8,6 +8,7 @@ import os
 import sys
 
 from dadf_fast.cli.argtypes import fraction, input_size, nonnegative_int, positive_int, seed_int, sigma
+from dadf_fast.cli.distributed import check_inputs
 
 EXPECTED_ERRORS = (ValueError, FileNotFoundError, FileExistsError, TypeError, KeyError, RuntimeError, OSError)
 
@@ -161,13 +162,23 @@ def _datasets(args, split, image_size):
 
 def _prepare_out(args, inputs=(), resume=None) -> None:
     """Check and lock ``--out`` (when given) for the rest of the command, before any work (see
-    :func:`dadf_fast.utils.io.prepare_output_dir`), and keep ``inputs`` from being overwritten."""
+    :func:`dadf_fast.utils.io.prepare_output_dir`), and keep ``inputs`` from being overwritten.
+    Under torchrun (``args.ranks``), rank 0 alone checks and locks, and every rank gets its verdict."""
+    from dadf_fast.cli.distributed import prepare_out
     from dadf_fast.utils.io import prepare_output_dir, protect_inputs
 
-    if args.out is not None:
-        args.cleanup.enter_context(prepare_output_dir(args.out, overwrite=args.overwrite, resume=resume,
-                                                      what="--out"))
+    def prepare():
+        if args.out is not None:
+            args.cleanup.enter_context(prepare_output_dir(args.out, overwrite=args.overwrite, resume=resume,
+                                                          what="--out"))
+
+    prepare_out(args, prepare)
     args.cleanup.enter_context(protect_inputs(inputs))
+
+
+def _sharded(args) -> bool:
+    """True when this command splits its work over the ranks of a torchrun launch."""
+    return getattr(args, "ranks", (0, 1))[1] > 1
 
 
 def _dataset_files(dataset) -> list:
@@ -189,11 +200,17 @@ def cmd_train(args):
                         "baseline has no decision thresholds")
     categories = _train_categories(args)
     if categories is not None:
-        return _train_many(args, categories)
+        from dadf_fast.cli.distributed import train_many
+
+        return train_many(args, categories)
+    if args.method == "knn" and _sharded(args):
+        raise UserError("--method knn fits in one pass and is not data-parallel: run it without torchrun "
+                        "(or spread categories over processes with --category all)")
     torch.manual_seed(args.seed)
     recipe = args.recipe or ("lite" if args.preset == "lite" else "paper")
     train = _datasets(args, "train", args.input_size)
     val, val_files = _validation(args, args.input_size) if args.method == "dadf" else ({}, [])
+    check_inputs(args, [r.path for r in getattr(train, "records", [])] or range(len(train)), "training images")
     _prepare_out(args, inputs=[*_dataset_files(train), *val_files, args.backbone_weights],
                  resume=args.resume if args.method == "dadf" else None)
     if args.method == "knn":
@@ -218,7 +235,7 @@ def cmd_train(args):
     res = model.fit(train, recipe=recipe, epochs_recon=args.epochs_recon, epochs_flow=args.epochs_flow,
                     iters_flow=args.iters_flow, calibration_fraction=args.calibration_fraction,
                     batch_size_recon=args.batch_size, seed=args.seed, out_dir=args.out, resume=args.resume,
-                    overwrite=args.overwrite, progress=not args.quiet, **val)
+                    overwrite=args.overwrite, progress=not args.quiet, distributed=_sharded(args), **val)
     calib = res.get("calibration")
     held = calib["n_normal"] if calib and not val else 0
     print(f"trained on {len(train) - held} images" + (f" ({held} held out for the thresholds)" if held else "")
@@ -247,75 +264,6 @@ def _train_categories(args):
     if len(set(wanted)) != len(wanted):
         raise UserError(f"--category names a category twice: {args.category}")
     return wanted
-
-
-def _train_many(args, categories) -> None:
-    """Train one model per category into ``--out/<category>``; a category that fails is
-    reported in the summary and does not stop the others (exit status 2 then).  Under
-    ``torchrun`` the categories are spread over the ranks (rank r trains every
-    ``world_size``-th one from the r-th), each rank training its own models; rank 0 prints
-    the summary of all."""
-    from dadf_fast.engine import distributed
-
-    started = distributed.start()
-    try:
-        _train_many_ranks(args, categories, *distributed.world())
-    finally:
-        if started:
-            distributed.stop()
-
-
-def _train_many_ranks(args, categories, rank: int, size: int) -> None:
-    import copy
-    import hashlib
-    import time
-
-    from dadf_fast.engine.distributed import agree, gather
-
-    if args.val_dir or args.val_mask_dir:
-        raise UserError("--val-dir and --val-mask-dir belong to one category: train the categories one at a time")
-    if size > len(categories):
-        raise UserError(f"{size} processes for {len(categories)} categories: start at most {len(categories)} "
-                        "(--nproc-per-node)")
-    # every rank must see the same categories and training files (a cheap checksum of the list)
-    listing = hashlib.sha256(repr([(c, sorted(os.listdir(os.path.join(args.data, c, "train", "good")))
-                                    if os.path.isdir(os.path.join(args.data, c, "train", "good")) else None)
-                                   for c in categories]).encode()).hexdigest()
-    if len(set(gather(listing))) > 1:
-        raise UserError(f"the ranks see different data under {args.data} (categories or training files differ)")
-    problem = None
-    if rank == 0:  # one rank checks and locks --out; the others wait for its verdict
-        try:
-            _prepare_out(args, inputs=[args.backbone_weights], resume=args.resume if args.method == "dadf" else None)
-        except (UserError, *EXPECTED_ERRORS) as exc:
-            problem = str(exc)
-    problem = agree(problem)
-    if problem:
-        raise UserError(problem)
-    rows = []
-    for cat in categories[rank::size]:
-        sub = copy.copy(args)
-        sub.category, sub.out = cat, os.path.join(args.out, cat)
-        sub.cleanup = contextlib.ExitStack()
-        t0 = time.perf_counter()
-        print(f"== {cat}" + (f" (rank {rank})" if size > 1 else ""), flush=True)
-        try:
-            with sub.cleanup:
-                cmd_train(sub)
-            rows.append((cat, "ok", time.perf_counter() - t0, os.path.join(sub.out, "model.pt")))
-        except KeyboardInterrupt:
-            raise
-        except (UserError, *EXPECTED_ERRORS) as exc:
-            print(f"{cat}: failed: {exc}", file=sys.stderr)
-            rows.append((cat, f"failed: {exc}", time.perf_counter() - t0, ""))
-    rows = sorted((r for part in gather(rows) for r in part), key=lambda r: categories.index(r[0]))
-    if rank == 0:
-        print(f"{'category':<24} {'result':<10} {'seconds':>8}  checkpoint")
-        for cat, result, sec, path in rows:
-            print(f"{cat:<24} {result if result == 'ok' else 'FAILED':<10} {sec:8.1f}  {path or result}")
-    failed = [r[0] for r in rows if r[1] != "ok"]
-    if failed:
-        raise UserError(f"{len(failed)} of {len(rows)} categories failed: {', '.join(failed)}")
 
 
 def _validation(args, size) -> tuple[dict, list]:
@@ -348,10 +296,13 @@ def cmd_test(args):
 
     model = _load(args)
     test = _datasets(args, "test", model.input_size)
+    check_inputs(args, [r.path for r in getattr(test, "records", [])] or range(len(test)), "test images")
     _prepare_out(args, inputs=[args.checkpoint, *_dataset_files(test)])
     res = evaluate(model, test, batch_size=args.batch_size, out_dir=args.out, category=args.category or "folder",
-                   num_workers=args.workers,
-                   smooth_sigma=args.smooth, resolution=args.resolution, overwrite=args.overwrite)
+                   num_workers=args.workers, smooth_sigma=args.smooth, resolution=args.resolution,
+                   overwrite=args.overwrite, distributed=_sharded(args))
+    if res is None:  # another rank than 0 under torchrun: rank 0 reports
+        return None
     print(format_table(res, f"{args.category or args.test_dir}: {res['n_images']} test images"))
     if args.out:
         print(f"heatmaps, maps and metrics.json written under {args.out}")
@@ -367,10 +318,13 @@ def cmd_predict(args):
         paths = expand_image_paths(args.images, "images")
     except ValueError as exc:
         raise UserError(str(exc).removeprefix("images: ")) from None
+    check_inputs(args, paths, "images")
     _prepare_out(args, inputs=[args.checkpoint, *paths])
     model = _load(args)
     rows = predict_files(model, paths, batch_size=args.batch_size, out_dir=args.out,
-                         smooth_sigma=args.smooth, overwrite=args.overwrite)
+                         smooth_sigma=args.smooth, overwrite=args.overwrite, distributed=_sharded(args))
+    if rows is None:  # another rank than 0 under torchrun: rank 0 reports
+        return
     calibrated = all("pred_label" in r for r in rows)
     for r in rows:
         verdict = f"  {'NG' if r['pred_label'] else 'OK'}  {r['pred_score']:.3f}" if calibrated else ""
@@ -432,6 +386,21 @@ def cmd_export(args):
 COMMANDS = {"calibrate": cmd_calibrate, "export": cmd_export, "train": cmd_train, "test": cmd_test, "predict": cmd_predict, "demo": cmd_demo, "bench": cmd_bench}
 
 
+def _run(args) -> None:
+    """One command, in this process or as one rank of a torchrun launch."""
+    from dadf_fast.cli.distributed import SHARDED, on_ranks
+    from dadf_fast.utils.distributed import world
+
+    if world()[1] == 1:
+        return COMMANDS[args.command](args)
+    if args.command not in SHARDED:
+        raise UserError(f"{args.command} runs in one process: launch it without torchrun (under torchrun: "
+                        f"{', '.join(SHARDED)})")
+    if args.command == "train" and _train_categories(args) is not None:
+        return cmd_train(args)  # categories spread over the ranks (it joins the process group itself)
+    return on_ranks(args, COMMANDS[args.command])
+
+
 def main(argv=None) -> int:
     """Run one command; returns the exit code (0, 2 for any usage or user error, 130 when
     interrupted), also for argparse's usage errors."""
@@ -442,7 +411,7 @@ def main(argv=None) -> int:
     try:
         # what a command takes for its run (the --out lock, protected inputs) is released here
         with contextlib.ExitStack() as args.cleanup:
-            COMMANDS[args.command](args)
+            _run(args)
     except UserError as exc:
         print(f"dadf-fast {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -88,7 +88,8 @@ AUPRO_FPR_LIMIT = 0.3
 
 def evaluate(model, test_data, batch_size: int = 8, out_dir: str | None = None, category: str = "category",
              heatmaps: bool = True, tiff: bool = True, smooth_sigma: float | None = None, device=None,
-             log=None, num_workers: int = 0, resolution: str = "original", overwrite: bool = False) -> dict:
+             log=None, num_workers: int = 0, resolution: str = "original", overwrite: bool = False,
+             distributed: bool | None = None) -> dict | None:
     """Metrics of ``model`` on a labelled test dataset (items with image, mask, label, defect, path).
 
     Args:
@@ -115,19 +116,31 @@ def evaluate(model, test_data, batch_size: int = 8, out_dir: str | None = None, 
     it must be new or empty unless ``overwrite``, it is locked for the run, and no output
     folder may be one that holds the test images (the next run would take the maps for
     test images).
+
+    ``distributed``: inside a ``torchrun`` launch (``None``: when ``torch.distributed`` is
+    initialised with 2+ processes), each rank scores its contiguous share of the batches (the
+    batches of one process) and rank 0 gathers them, computes the metrics, writes every output
+    and returns the result; the other ranks return None. The metrics equal one process's to
+    the bit when every process runs as many threads as that process did (the CPU kernels'
+    rounding depends on the thread count).
     """
     import contextlib
 
+    from dadf_fast.utils.distributed import all_ranks, resolve
     from dadf_fast.utils.io import prepare_output_dir
 
     if resolution not in RESOLUTIONS:
         raise ValueError(f"resolution must be 'original' or 'input', got {resolution!r}")
+    ranks = resolve(distributed)
     with contextlib.ExitStack() as stack:
-        if out_dir:
-            stack.enter_context(prepare_output_dir(out_dir, overwrite=overwrite, what="out_dir"))
-            _refuse_output_among_inputs(out_dir, category, test_data)
+        def prepare():  # rank 0 alone checks, locks and writes out_dir
+            if out_dir and ranks[0] == 0:
+                stack.enter_context(prepare_output_dir(out_dir, overwrite=overwrite, what="out_dir"))
+                _refuse_output_among_inputs(out_dir, category, test_data)
+
+        all_ranks(prepare, "checking out_dir") if ranks[1] > 1 else prepare()
         return _evaluate(model, test_data, batch_size, out_dir, category, heatmaps, tiff, smooth_sigma, device,
-                         log, num_workers, resolution)
+                         log, num_workers, resolution, ranks)
 
 
 def _refuse_output_among_inputs(out_dir, category: str, test_data) -> None:
@@ -146,10 +159,10 @@ def _refuse_output_among_inputs(out_dir, category: str, test_data) -> None:
 
 
 def _evaluate(model, test_data, batch_size, out_dir, category, heatmaps, tiff, smooth_sigma, device, log,
-              num_workers, resolution) -> dict:
+              num_workers, resolution, ranks=(0, 1)) -> dict | None:
     import warnings
 
-    from torch.utils.data import DataLoader
+    from dadf_fast.utils.distributed import all_ranks
 
     if resolution == "original" and not callable(getattr(test_data, "ground_truth", None)):
         raise TypeError(f"resolution='original' reads the ground truth at full size through "
@@ -161,9 +174,11 @@ def _evaluate(model, test_data, batch_size, out_dir, category, heatmaps, tiff, s
         if log is not None:
             log(msg)
 
-    gts = None
-    if resolution == "original":
+    def read_ground_truth():
         # read (and so check) every full-size ground truth before the first image is scored
+        # (rank 0 alone: it computes the metrics)
+        if resolution != "original" or ranks[0] != 0:
+            return None
         gts = []
         for i in range(len(test_data)):
             try:
@@ -171,39 +186,41 @@ def _evaluate(model, test_data, batch_size, out_dir, category, heatmaps, tiff, s
             except ValueError as err:
                 raise type(err)(f"{err} (metrics at the model's input size need no full-size ground "
                                 f"truth: resolution='input', --resolution input)") from None
-    loader = DataLoader(test_data, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers)
+        return gts
+
+    gts = all_ranks(read_ground_truth, "reading the ground truth") if ranks[1] > 1 else read_ground_truth()
     # maps/masks at the evaluation resolution (float32 / bool, one array per image, sizes may
     # differ); maps_in/masks_in at the input size, for the overlays
     maps, masks, maps_in, masks_in = [], [], [], []
     scores, labels, defects, paths, images, loco_masks, loco_sat = [], [], [], [], [], [], []
     loco = False
-    for batch in loader:
-        amap, score = score_images(model, batch["image"], batch_size, smooth_sigma, device)
-        scores.append(score.numpy())
-        labels += [int(v) for v in batch["label"]]
-        defects += list(batch["defect"])
-        paths += list(batch["path"])
-        loco = loco or "masks" in batch
-        if out_dir and heatmaps:
-            images.append(denormalize(batch["image"]))
-        for b in range(amap.shape[0]):
-            m_in, g_in = amap[b, 0], batch["mask"][b, 0].numpy() > 0.5
-            maps_in.append(m_in.numpy())
-            masks_in.append(g_in)
-            if resolution == "original":
-                gt = gts[len(maps)]
-                maps.append(_upsample(m_in, gt["size"]))
-                masks.append(gt["mask"])
-                if "masks" in gt:
-                    loco_masks.append(list(gt["masks"]))
-                    loco_sat.append(np.asarray(gt["saturation"], dtype=np.float64))
-            else:
-                maps.append(maps_in[-1])
-                masks.append(g_in)
-                if "masks" in batch:
-                    loco_masks.append(list(batch["masks"][b].numpy() > 0.5))
-                    loco_sat.append(batch["saturation"][b].numpy().astype(np.float64))
-    scores = np.concatenate(scores)
+    for item in _scored_items(model, test_data, batch_size, smooth_sigma, device, num_workers,
+                              bool(out_dir and heatmaps), resolution, ranks):
+        scores.append(item["score"])
+        labels.append(item["label"])
+        defects.append(item["defect"])
+        paths.append(item["path"])
+        loco = loco or item["loco"]
+        if "image" in item:
+            images.append(item["image"])
+        maps_in.append(item["map"])
+        masks_in.append(item["mask"])
+        if resolution == "original":
+            gt = gts[len(maps)]
+            maps.append(_upsample(torch.from_numpy(item["map"]), gt["size"]))
+            masks.append(gt["mask"])
+            if "masks" in gt:
+                loco_masks.append(list(gt["masks"]))
+                loco_sat.append(np.asarray(gt["saturation"], dtype=np.float64))
+        else:
+            maps.append(item["map"])
+            masks.append(item["mask"])
+            if "loco_masks" in item:
+                loco_masks.append(item["loco_masks"])
+                loco_sat.append(item["saturation"])
+    if ranks[0] != 0:
+        return None
+    scores = np.array(scores)
     labels = np.asarray(labels)
     result = {"n_images": int(len(labels)), "skipped": [str(p) for p in getattr(test_data, "skipped", [])],
               "resolution": resolution, "notes": [], "regions_dropped": {}}
@@ -232,7 +249,7 @@ def _evaluate(model, test_data, batch_size, out_dir, category, heatmaps, tiff, s
         del result["regions_dropped"]
     if out_dir:
         vmin, vmax = float(np.percentile(maps_in, 1)), float(np.percentile(maps_in, 99.9))
-        images = np.concatenate(images) if images else None
+        images = np.stack(images) if images else None
         stems = _output_stems(paths, defects)
         for i in range(len(paths)):
             if tiff:
@@ -249,6 +266,45 @@ def _evaluate(model, test_data, batch_size, out_dir, category, heatmaps, tiff, s
     result["_labels"] = labels
     result["_defects"] = defects
     return result
+
+
+def _scored_items(model, test_data, batch_size, smooth_sigma, device, num_workers, with_images: bool,
+                  resolution: str, ranks=(0, 1)):
+    """Per test image, in dataset order: ``{"map"}`` (float32 ``[S, S]``), ``score``, ``label``,
+    ``defect``, ``path``, ``mask`` (bool ``[S, S]``), the display ``image`` (uint8) when asked,
+    and the LOCO masks at the input size.  On ``ranks = (rank, size)``, each rank scores its
+    contiguous share of the batches (the same batches as one process) and rank 0 receives
+    every item; the others get none."""
+    from torch.utils.data import DataLoader, Subset
+
+    rank, size = ranks
+    n = len(test_data)
+    if size > 1:
+        from dadf_fast.utils.distributed import shard
+
+        mine = shard(-(-n // batch_size), rank, size)
+        test_data = Subset(test_data, range(mine.start * batch_size, min(mine.stop * batch_size, n)))
+    loader = DataLoader(test_data, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers)
+    items = []
+    for batch in loader:
+        amap, score = score_images(model, batch["image"], batch_size, smooth_sigma, device)
+        shown = denormalize(batch["image"]) if with_images else None
+        for b in range(amap.shape[0]):
+            item = {"map": amap[b, 0].numpy(), "score": score[b].numpy(), "label": int(batch["label"][b]),
+                    "defect": batch["defect"][b], "path": batch["path"][b], "mask": batch["mask"][b, 0].numpy() > 0.5,
+                    "loco": "masks" in batch}
+            if shown is not None:
+                item["image"] = shown[b]
+            if "masks" in batch and resolution == "input":
+                item["loco_masks"] = list(batch["masks"][b].numpy() > 0.5)
+                item["saturation"] = batch["saturation"][b].numpy().astype(np.float64)
+            items.append(item)
+    if size == 1:
+        return items
+    from dadf_fast.utils.distributed import gather
+
+    shares = gather(items)
+    return [it for share in shares for it in share] if rank == 0 else []
 
 
 def _decisions(model, smooth_sigma, scores, labels, maps, masks, result) -> None:
@@ -330,7 +386,7 @@ PREDICTIONS_CSV = "predictions.csv"
 
 @torch.no_grad()
 def predict_files(model, paths, batch_size: int = 8, out_dir: str | None = None, smooth_sigma: float | None = None,
-                  overwrite: bool = False) -> list:
+                  overwrite: bool = False, distributed: bool | None = None) -> list | None:
     """Score arbitrary image files.  Returns ``[{"path", "score"}]`` in input order, with
     ``pred_score`` and ``pred_label`` for a calibrated model (its thresholds; none when
     ``smooth_sigma`` changes the maps' scale).  With ``out_dir`` also writes, per image, a
@@ -340,29 +396,41 @@ def predict_files(model, paths, batch_size: int = 8, out_dir: str | None = None,
     thresholds) once all are scored; stems are made unique (``a.png`` and
     ``a.jpg`` give ``a_png``/``a_jpg``, the same name in two folders ``a``/``a_1``).
     ``out_dir`` is checked before any scoring: a folder that already holds files is refused
-    unless ``overwrite``, and no output may replace an input (``OutputPathError``)."""
+    unless ``overwrite``, and no output may replace an input (``OutputPathError``).
+
+    ``distributed`` (``None``: when ``torch.distributed`` is initialised with 2+ processes):
+    each rank scores its contiguous share of the batches and writes those images' files; rank 0
+    checks ``out_dir`` first, gathers the rows, writes ``predictions.csv`` and returns them (the
+    other ranks return None)."""
     import contextlib
     import csv
     import io
 
+    from dadf_fast.utils.distributed import all_ranks, gather, resolve, shard
     from dadf_fast.utils.io import check_not_input, prepare_output_dir, protect_inputs, unique_output_stems
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     paths = [os.fspath(p) for p in paths]
+    rank, size = resolve(distributed)
     s = model.input_size
     device = next(model.parameters()).device
     out = []
     with contextlib.ExitStack() as stack:
         targets = []
         if out_dir:
-            stack.enter_context(prepare_output_dir(out_dir, overwrite=overwrite, what="out_dir"))
+            def prepare():  # rank 0 checks and locks out_dir, the others wait for its verdict
+                if rank == 0:
+                    stack.enter_context(prepare_output_dir(out_dir, overwrite=overwrite, what="out_dir"))
+                    for t in [*(t for group in targets for t in group), os.path.join(out_dir, PREDICTIONS_CSV)]:
+                        check_not_input(t)  # all of them before the first image is scored
+
             stack.enter_context(protect_inputs(paths))
             targets = [[os.path.join(out_dir, f"{stem}{ext}") for ext in (".png", ".tiff", "_mask.png")]
                        for stem in unique_output_stems(paths)]
-            for t in [*(t for group in targets for t in group), os.path.join(out_dir, PREDICTIONS_CSV)]:
-                check_not_input(t)  # all of them before the first image is scored
-        for start in range(0, len(paths), batch_size):
+            all_ranks(prepare, "checking out_dir") if size > 1 else prepare()
+        mine = shard(-(-len(paths) // batch_size), rank, size)
+        for start in range(mine.start * batch_size, min(mine.stop * batch_size, len(paths)), batch_size):
             chunk = paths[start:start + batch_size]
             batch = torch.stack([load_image(p, s) for p in chunk])
             pred = {k: v.cpu() for k, v in model.predict(batch.to(device), smooth_sigma=smooth_sigma).items()}
@@ -380,6 +448,10 @@ def predict_files(model, paths, batch_size: int = 8, out_dir: str | None = None,
                     save_tiff(tiff, amap)
                     if "pred_mask" in pred:
                         save_png(mask, pred["pred_mask"][i, 0].numpy().astype(np.uint8) * 255)
+        if size > 1:
+            out = [row for part in gather(out) for row in part]
+            if rank != 0:
+                return None
         if out_dir:
             text = io.StringIO()
             writer = csv.writer(text, lineterminator="\n")

@@ -136,23 +136,27 @@ def _check_finite(loss: torch.Tensor, stage: int, epoch: int, checkpoint: str | 
 
 
 def _train_epochs(params, loss_fn, n: int, batch: int, epochs: int, opt, cfg: FitConfig, stage: int,
-                  progress: bool, gen: torch.Generator, log, checkpoint, val_fn=None, module=None):
+                  progress: bool, gen: torch.Generator, log, checkpoint, val_fn=None, module=None, ranks=(0, 1)):
     """Run ``epochs`` epochs of ``loss_fn(batch indices)``; with ``val_fn``, keep the state of
-    ``module`` at the epoch with the lowest validation loss."""
+    ``module`` at the epoch with the lowest validation loss.  On ``ranks = (rank, size)`` with
+    ``size > 1``, ``loss_fn`` is the DDP module and each rank runs its part of every global
+    batch (:func:`dadf_fast.models.parallel.global_batch_loss`)."""
+    from dadf_fast.models.parallel import global_batch_loss
+
     history, best = [], (float("inf"), None, -1)
     bar = _progress(range(epochs), f"stage {stage}", progress)
     for epoch in bar:
         order = torch.randperm(n, generator=gen)
         total, count = 0.0, 0
         for idx in torch.split(order, batch):
-            loss = loss_fn(idx)
-            _check_finite(loss, stage, epoch, checkpoint)
+            loss, value = global_batch_loss(loss_fn, idx, *ranks)
+            _check_finite(value, stage, epoch, checkpoint)  # the global loss: every rank stops together
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
-            total += loss.item() * len(idx)
+            total += value.item() * len(idx)
             count += len(idx)
         history.append(total / count)
         if val_fn is not None:
@@ -171,7 +175,7 @@ def _train_epochs(params, loss_fn, n: int, batch: int, epochs: int, opt, cfg: Fi
 
 def fit(model, train_data, config: FitConfig | None = None, out_dir: str | None = None, resume: bool = False,
         device=None, progress: bool = True, log=print, overwrite: bool = False, val_images=None, val_labels=None,
-        val_masks=None, **overrides) -> dict:
+        val_masks=None, distributed: bool | None = None, **overrides) -> dict:
     """Train ``model`` (a :class:`dadf_fast.DADF`) on normal images.
 
     Args:
@@ -191,6 +195,11 @@ def fit(model, train_data, config: FitConfig | None = None, out_dir: str | None 
             ``[M, S, S]`` for the decision thresholds (``model.calibrate``).  Without them,
             ``config.calibration_fraction`` of the normal images is held out of training for
             it (none when that leaves too few; the model then has no thresholds).
+        distributed: data-parallel training over the processes of a ``torchrun`` launch
+            (:mod:`dadf_fast.models.parallel`: DDP, sharded feature caches, the same global
+            batches as one process; rank 0 alone checks and writes ``out_dir`` and logs).
+            ``None`` (default): when ``torch.distributed`` is initialised with 2+ processes;
+            ``False``: this process trains alone. Every rank must pass the same images.
     Returns:
         ``{"loss_recon": [per-epoch], "loss_flow": [per-epoch], "seconds": {...},
         "resumed_from": path or None, "run_id": str, "calibration": dict or None}``.
@@ -204,21 +213,39 @@ def fit(model, train_data, config: FitConfig | None = None, out_dir: str | None 
     if resume and overwrite:
         raise ValueError("resume=True and overwrite=True contradict each other: continue the run in out_dir, "
                          "or start a new one over it")
-    # checked once, here, before an output folder is touched
-    images = stack_train_images(train_data, model.input_size, "train_data")
-    if "knn" in getattr(model, "config", {}).get("score_cues", ()) and images.shape[0] < 2:
-        raise ValueError(f"train_data holds {images.shape[0]} image; the model's kNN score cue (score_cues) needs at "
-                         "least 2 normal images (each is calibrated against the others): pass more images, or "
-                         "build the model with score_cues=('flow', 'recon')")
-    val = None
-    if val_images is not None:
-        val = (stack_train_images(val_images, model.input_size, "val_images"), val_labels, val_masks)
+    from dadf_fast.models.parallel import check_same_data
+    from dadf_fast.utils.distributed import all_ranks, resolve
+
+    ranks = resolve(distributed)
+
+    def read():  # checked once, here, before an output folder is touched (on every rank: a rank that
+        # cannot read its images stops them all)
+        images = stack_train_images(train_data, model.input_size, "train_data")
+        if "knn" in getattr(model, "config", {}).get("score_cues", ()) and images.shape[0] < 2:
+            raise ValueError(f"train_data holds {images.shape[0]} image; the model's kNN score cue (score_cues) needs "
+                             "at least 2 normal images (each is calibrated against the others): pass more images, or "
+                             "build the model with score_cues=('flow', 'recon')")
+        val = None
+        if val_images is not None:
+            val = (stack_train_images(val_images, model.input_size, "val_images"), val_labels, val_masks)
+        return images, val
+
+    images, val = all_ranks(read, "reading the training images") if ranks[1] > 1 else read()
+    if ranks[1] > 1:
+        check_same_data(_data_digest(images), images.shape[0], ranks[1])
+        if ranks[0] != 0:
+            progress, log = False, None
     if not out_dir:
-        return _fit(model, images, config, None, False, False, device, progress, log, val)
+        return _fit(model, images, config, None, False, False, device, progress, log, val, ranks)
     from dadf_fast.utils.io import prepare_output_dir
 
-    with prepare_output_dir(out_dir, overwrite=overwrite, resume=resume, what="out_dir"):
-        return _fit(model, images, config, os.fspath(out_dir), resume, overwrite, device, progress, log, val)
+    with contextlib.ExitStack() as stack:
+        def prepare():  # one rank checks, locks and writes out_dir; the others wait for its verdict
+            if ranks[0] == 0:
+                stack.enter_context(prepare_output_dir(out_dir, overwrite=overwrite, resume=resume, what="out_dir"))
+
+        all_ranks(prepare, "checking out_dir") if ranks[1] > 1 else prepare()
+        return _fit(model, images, config, os.fspath(out_dir), resume, overwrite, device, progress, log, val, ranks)
 
 
 CHECKPOINT_NAMES = ("stage1.pt", "model.pt")
@@ -281,8 +308,56 @@ def _hold_out(images: torch.Tensor, cfg: FitConfig, min_train: int, log):
     return images[order[n_hold:]], images[order[:n_hold]]
 
 
+def _resume(model, run: dict, stage1_path: str, final_path: str, out_dir: str, result: dict, log) -> int:
+    """Load the last completed stage of this run found in ``out_dir``; the stage done (0: none)."""
+    found = {}
+    for stage, path in ((1, stage1_path), (2, final_path)):
+        if os.path.exists(path):
+            found[stage] = model.read_checkpoint(path)
+            _check_same_run(found[stage], path, model, run)
+    if len(found) == 2 and found[1]["run"]["id"] != found[2]["run"]["id"]:
+        raise ValueError(f"cannot resume in {out_dir}: stage1.pt and model.pt come from two different runs; "
+                         "start a new run with overwrite")
+    if not found:
+        log(f"nothing to resume in {out_dir} (no stage1.pt or model.pt): training from the start")
+        return 0
+    stage = max(found)
+    payload, path = found[stage], (stage1_path, final_path)[stage - 1]
+    model.load_state_dict(payload["state_dict"])
+    if payload.get("calibration") is not None:
+        from dadf_fast.models.thresholds import check_calibration
+
+        model.calibration = check_calibration(payload["calibration"], f"{path}'s calibration")
+    run["id"] = result["run_id"] = payload["run"]["id"]
+    result["resumed_from"] = path
+    log(f"resuming from {path} (stage {int(payload.get('stage_done', stage))} complete)")
+    return int(payload.get("stage_done", stage))
+
+
+def _resume_all_ranks(model, run, stage1_path, final_path, out_dir, result, log, ranks) -> int:
+    """:func:`_resume` on rank 0 (it alone reads ``out_dir``), its outcome on every rank."""
+    from dadf_fast.models.parallel import share_state
+    from dadf_fast.utils.distributed import all_ranks, broadcast
+
+    rank, size = ranks
+    if size == 1:
+        return _resume(model, run, stage1_path, final_path, out_dir, result, log)
+    done = all_ranks(lambda: _resume(model, run, stage1_path, final_path, out_dir, result, log) if rank == 0 else 0,
+                     "resuming")
+    done, run["id"], result["resumed_from"] = broadcast((done, run["id"], result["resumed_from"]))
+    result["run_id"] = run["id"]
+    if done:
+        share_state(model, rank, size)
+    return done
+
+
 def _fit(model, images, cfg: FitConfig, out_dir, resume: bool, overwrite: bool, device, progress, log,
-         val=None) -> dict:
+         val=None, ranks=(0, 1)) -> dict:
+    from dadf_fast.models.parallel import cached_map, data_parallel, share_state
+    from dadf_fast.utils.distributed import all_ranks
+
+    rank, size = ranks
+    writer = rank == 0  # the rank that writes checkpoints (every rank, alone)
     log = log or (lambda *a, **k: None)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
@@ -291,41 +366,24 @@ def _fit(model, images, cfg: FitConfig, out_dir, resume: bool, overwrite: bool, 
     stage1_path = os.path.join(out_dir, "stage1.pt") if out_dir else None
     final_path = os.path.join(out_dir, "model.pt") if out_dir else None
     run = {"id": uuid.uuid4().hex, "fit_config": dataclasses.asdict(cfg), "data_sha256": None}
+    if size > 1:
+        from dadf_fast.utils.distributed import broadcast
+
+        run["id"] = broadcast(run["id"])
     result = {"loss_recon": [], "loss_flow": [], "seconds": {}, "resumed_from": None, "run_id": run["id"],
               "calibration": None}
 
     images = images.to(next(model.backbone.parameters()).dtype)
     if out_dir:
         run["data_sha256"] = _data_digest(images)
-    if out_dir and overwrite:
+    if out_dir and overwrite and writer:
         # the previous run's checkpoints go now: should this run stop early, an older model.pt
         # must not sit beside its stage1.pt looking like its result
         clear_checkpoints(out_dir)
 
     done = 0
     if resume:
-        found = {}
-        for stage, path in ((1, stage1_path), (2, final_path)):
-            if os.path.exists(path):
-                found[stage] = model.read_checkpoint(path)
-                _check_same_run(found[stage], path, model, run)
-        if len(found) == 2 and found[1]["run"]["id"] != found[2]["run"]["id"]:
-            raise ValueError(f"cannot resume in {out_dir}: stage1.pt and model.pt come from two different runs; "
-                             "start a new run with overwrite")
-        if found:
-            stage = max(found)
-            payload, path = found[stage], (stage1_path, final_path)[stage - 1]
-            model.load_state_dict(payload["state_dict"])
-            if payload.get("calibration") is not None:
-                from dadf_fast.models.thresholds import check_calibration
-
-                model.calibration = check_calibration(payload["calibration"], f"{path}'s calibration")
-            done = int(payload.get("stage_done", stage))
-            run["id"] = result["run_id"] = payload["run"]["id"]
-            result["resumed_from"] = path
-            log(f"resuming from {path} (stage {done} complete)")
-        else:
-            log(f"nothing to resume in {out_dir} (no stage1.pt or model.pt): training from the start")
+        done = _resume_all_ranks(model, run, stage1_path, final_path, out_dir, result, log, ranks)
     if done >= 2:
         result["calibration"] = getattr(model, "calibration", None)
         return result
@@ -339,11 +397,13 @@ def _fit(model, images, cfg: FitConfig, out_dir, resume: bool, overwrite: bool, 
     normal = images  # the calibration of the score cues sees the images as given, not their flips
     images = _variants(images, cfg)
     n = images.shape[0]
+    if n < size:
+        raise ValueError(f"{size} processes for {n} training images (after the held-out ones): start at most {n}")
     model.eval()
     t0 = time.perf_counter()
     amp = model.autocast if hasattr(model, "autocast") else (lambda _: contextlib.nullcontext())
     with amp(device.type):
-        feats = _batched(lambda x: model.features(x), images, 16, device)
+        feats = cached_map(lambda idx: model.features(images[idx].to(device)), n, 16, rank, size, device)
     result["seconds"]["features"] = time.perf_counter() - t0
 
     if done < 1:
@@ -359,21 +419,23 @@ def _fit(model, images, cfg: FitConfig, out_dir, resume: bool, overwrite: bool, 
                 return reconstruction_loss(f, local, glob)
 
         model.reconstructor.train()
-        result["loss_recon"] = _train_epochs(params, recon_loss, n, cfg.batch_size_recon, cfg.epochs_recon, opt, cfg,
-                                             1, progress, gen, log, stage1_path)
+        step = data_parallel(model.reconstructor, recon_loss, size, device)
+        result["loss_recon"] = _train_epochs(params, step, n, cfg.batch_size_recon, cfg.epochs_recon, opt, cfg,
+                                             1, progress, gen, log, stage1_path, ranks=ranks)
         model.eval()
         result["seconds"]["stage1"] = time.perf_counter() - t0
-        if stage1_path:
+        if stage1_path and writer:
             model.save(stage1_path, extra={"stage_done": 1, "run": run})
 
     t0 = time.perf_counter()
-    with torch.no_grad(), amp(device.type):
-        inputs = []
-        for idx in torch.split(torch.arange(n), 16):
-            f = [t[idx] for t in feats]
+
+    def flow_inputs(idx):
+        f = [t[idx] for t in feats]
+        with amp(device.type):
             local, glob = model.reconstructor(f)
-            inputs.append(model.flow_inputs(f, local, glob))
-        inputs = [torch.cat([b[s] for b in inputs]) for s in range(len(feats))]
+            return model.flow_inputs(f, local, glob)
+
+    inputs = cached_map(flow_inputs, n, 16, rank, size, device)
     params = [p for name, p in model.flows.named_parameters() if p.requires_grad
               and (cfg.train_flow_norm or ".norm." not in f".{name}")]
     opt = torch.optim.Adam(params, lr=cfg.lr_flow, weight_decay=cfg.weight_decay_flow)
@@ -396,22 +458,36 @@ def _fit(model, images, cfg: FitConfig, out_dir, resume: bool, overwrite: bool, 
     epochs_flow = cfg.epochs_flow
     if cfg.iters_flow is not None:
         epochs_flow = math.ceil(cfg.iters_flow / math.ceil(len(train_idx) / cfg.batch_size_flow))
-    result["loss_flow"] = _train_epochs(params, flow_loss,
-                                        len(train_idx), cfg.batch_size_flow, epochs_flow, opt, cfg, 2, progress,
-                                        gen, log, stage1_path, val_fn=val_fn, module=model.flows)
+    # DDP over the scored scales' flows only: the loss never reaches the others, and DDP needs
+    # every parameter it wraps to get a gradient
+    scored = torch.nn.ModuleList([model.flows[s] for s in model.config["score_scales"]]) \
+        if hasattr(model, "config") else model.flows
+    step = data_parallel(scored, flow_loss, size, device)
+    result["loss_flow"] = _train_epochs(params, step, len(train_idx), cfg.batch_size_flow, epochs_flow, opt, cfg, 2,
+                                        progress, gen, log, stage1_path, val_fn=val_fn, module=model.flows,
+                                        ranks=ranks)
     model.eval()
     result["seconds"]["stage2"] = time.perf_counter() - t0
     if hasattr(model, "calibrate_cues"):
         t0 = time.perf_counter()
-        model.calibrate_cues(normal.to(device))
-        if val is not None:
-            vimg, vlab, vmask = val
-            model.calibrate(vimg.to(device, images.dtype), vlab, vmask, seed=cfg.seed, log=log)
+        def calibrate():  # rank 0 calibrates, the other ranks receive its result
+            if writer:
+                _calibrate(model, normal, val, device, images.dtype, cfg, log)
+
+        all_ranks(calibrate, "calibrating") if size > 1 else calibrate()
+        share_state(model, rank, size)
         result["calibration"] = model.calibration
         result["seconds"]["calibrate"] = time.perf_counter() - t0
-    if final_path:
+    if final_path and writer:
         model.save(final_path, extra={"stage_done": 2, "run": run})
     return result
+
+
+def _calibrate(model, normal, val, device, dtype, cfg: FitConfig, log) -> None:
+    model.calibrate_cues(normal.to(device))
+    if val is not None:
+        vimg, vlab, vmask = val
+        model.calibrate(vimg.to(device, dtype), vlab, vmask, seed=cfg.seed, log=log)
 
 
 __all__ = ["FitConfig", "fit", "TrainingDiverged", "RECIPES", "CHECKPOINT_NAMES", "clear_checkpoints"]
