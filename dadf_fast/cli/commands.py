@@ -10,12 +10,7 @@ import sys
 from dadf_fast.cli.argtypes import fraction, input_size, nonnegative_int, positive_int, seed_int, sigma
 from dadf_fast.cli.distributed import check_inputs
 
-EXPECTED_ERRORS = (ValueError, FileNotFoundError, FileExistsError, TypeError, KeyError, RuntimeError, OSError)
-
-
-class UserError(Exception):
-    """An error in what the user asked for: printed as one line, exit code 2."""
-
+from dadf_fast.cli.errors import EXPECTED_ERRORS, UserError
 
 
 OUT_RULE = ("must be a new or empty folder unless --overwrite; outputs never replace an input file, "
@@ -202,7 +197,7 @@ def cmd_train(args):
     if categories is not None:
         from dadf_fast.cli.distributed import train_many
 
-        return train_many(args, categories)
+        return train_many(args, categories, cmd_train, _prepare_out)
     if args.method == "knn" and _sharded(args):
         raise UserError("--method knn fits in one pass and is not data-parallel: run it without torchrun "
                         "(or spread categories over processes with --category all)")

@@ -7,6 +7,7 @@ import contextlib
 import os
 import sys
 
+from dadf_fast.cli.errors import EXPECTED_ERRORS, UserError
 from dadf_fast.utils import distributed
 
 # the commands that split their work over the processes of a torchrun launch
@@ -44,27 +45,27 @@ def prepare_out(args, prepare) -> None:
     distributed.all_ranks(lambda: prepare() if rank == 0 else None, "checking --out")
 
 
-def train_many(args, categories) -> None:
+def train_many(args, categories, train_one, prepare_out_dir) -> None:
     """Train one model per category into ``--out/<category>``; a category that fails is
     reported in the summary and does not stop the others (exit status 2 then).  Under
     ``torchrun`` the categories are spread over the ranks (rank r trains every
     ``world_size``-th one from the r-th, alone), and the categories left over when their number
     is not a multiple of the world size are trained data-parallel by all ranks; rank 0 prints
-    the summary of all."""
+    the summary of all.  ``train_one(args)`` trains one category (``cmd_train``),
+    ``prepare_out_dir(args, inputs=, resume=)`` checks and locks ``--out``."""
     started = distributed.start(args.device)
     try:
-        _train_many_ranks(args, categories, *distributed.world())
+        _train_many_ranks(args, categories, train_one, prepare_out_dir, *distributed.world())
     finally:
         if started:
             distributed.stop()
 
 
-def _train_many_ranks(args, categories, rank: int, size: int) -> None:
+def _train_many_ranks(args, categories, train_one, prepare_out_dir, rank: int, size: int) -> None:
     import copy
     import hashlib
     import time
 
-    from dadf_fast.cli.commands import EXPECTED_ERRORS, UserError, _prepare_out, cmd_train
     from dadf_fast.utils.distributed import agree, gather
 
     if args.val_dir or args.val_mask_dir:
@@ -81,7 +82,7 @@ def _train_many_ranks(args, categories, rank: int, size: int) -> None:
     problem = None
     if rank == 0:  # one rank checks and locks --out; the others wait for its verdict
         try:
-            _prepare_out(args, inputs=[args.backbone_weights], resume=args.resume if args.method == "dadf" else None)
+            prepare_out_dir(args, inputs=[args.backbone_weights], resume=args.resume if args.method == "dadf" else None)
         except (UserError, *EXPECTED_ERRORS) as exc:
             problem = str(exc)
     problem = agree(problem)
@@ -107,7 +108,7 @@ def _train_many_ranks(args, categories, rank: int, size: int) -> None:
         quiet = open(os.devnull, "w") if together and rank else None  # noqa: SIM115 - closed below
         try:
             with sub.cleanup, contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
-                cmd_train(sub)
+                train_one(sub)
             row = (cat, "ok", time.perf_counter() - t0, os.path.join(sub.out, "model.pt"))
         except KeyboardInterrupt:
             raise
@@ -134,8 +135,6 @@ def check_inputs(args, files, what: str) -> None:
     """Under torchrun (``args.ranks``): stop every rank with one line when there are more
     processes than ``files`` or the ranks list different files (a checksum of the list)."""
     import hashlib
-
-    from dadf_fast.cli.commands import UserError
 
     rank, size = getattr(args, "ranks", (0, 1))
     if size == 1:
