@@ -18,6 +18,8 @@ initialised process group of more than one process, or ``distributed=True``):
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from dadf_fast.utils.distributed import broadcast, gather, shard
@@ -61,8 +63,11 @@ def data_parallel(owner: torch.nn.Module, fn, size: int, device):
     from torch.nn.parallel import DistributedDataParallel
 
     device = torch.device(device)
-    return DistributedDataParallel(_Loss(owner, fn), device_ids=[device] if device.type == "cuda" else None,
-                                   broadcast_buffers=False)
+    # the buffers (positional embeddings, permutations) never change in training: no per-step
+    # broadcast of them (the argument's name changed in torch 2.14)
+    params = inspect.signature(DistributedDataParallel).parameters
+    quiet = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+    return DistributedDataParallel(_Loss(owner, fn), device_ids=[device] if device.type == "cuda" else None, **quiet)
 
 
 def global_batch_loss(step, idx: torch.Tensor, rank: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -128,12 +128,3 @@ def shard(n: int, rank: int, size: int) -> range:
     base, extra = divmod(n, size)
     lo = rank * base + min(rank, extra)
     return range(lo, lo + base + (rank < extra))
-
-
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """The sum over ranks of ``t`` (a new tensor; ``t`` itself outside a group)."""
-    if not active():
-        return t
-    out = t.detach().clone()
-    dist.all_reduce(out)
-    return out

@@ -168,6 +168,20 @@ def test_a_failing_rank_stops_the_job_with_its_message(dataset, tmp_path):
     assert not (tmp_path / "f" / "model.pt").exists()
 
 
+def test_a_rank_that_cannot_read_its_images_stops_every_rank(dataset, tmp_path):
+    patch = ("if rank == 1:\n"
+             "    import dadf_fast.models.training as t\n"
+             "    def unreadable(*a, **k):\n"
+             "        raise OSError('cannot read good/000.png')\n"
+             "    t.stack_train_images = unreadable\n")
+    done = _torchrun(["train", "--data", str(dataset), "--category", "grass", "--out", str(tmp_path / "u"), *ARGS],
+                     tmp_path, patch=patch)
+    assert done.returncode != 0
+    assert "dadf-fast train: error: cannot read good/000.png" in done.stderr  # rank 1
+    assert "reading the training images failed on rank 1: OSError: cannot read good/000.png" in done.stderr  # rank 0
+    assert not (tmp_path / "u").exists() or not os.listdir(tmp_path / "u")
+
+
 def test_ranks_that_see_other_data_or_too_few_images_stop_together(dataset, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(dataset, other)
