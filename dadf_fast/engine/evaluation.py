@@ -280,10 +280,9 @@ def _scored_items(model, test_data, batch_size, smooth_sigma, device, num_worker
     rank, size = ranks
     n = len(test_data)
     if size > 1:
-        from dadf_fast.utils.distributed import shard
+        from dadf_fast.utils.distributed import shard_batches
 
-        mine = shard(-(-n // batch_size), rank, size)
-        test_data = Subset(test_data, range(mine.start * batch_size, min(mine.stop * batch_size, n)))
+        test_data = Subset(test_data, shard_batches(n, batch_size, rank, size))
     loader = DataLoader(test_data, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers)
     items = []
     for batch in loader:
@@ -406,7 +405,7 @@ def predict_files(model, paths, batch_size: int = 8, out_dir: str | None = None,
     import csv
     import io
 
-    from dadf_fast.utils.distributed import all_ranks, gather, resolve, shard
+    from dadf_fast.utils.distributed import all_ranks, gather, resolve, shard_batches
     from dadf_fast.utils.io import check_not_input, prepare_output_dir, protect_inputs, unique_output_stems
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -429,8 +428,7 @@ def predict_files(model, paths, batch_size: int = 8, out_dir: str | None = None,
             targets = [[os.path.join(out_dir, f"{stem}{ext}") for ext in (".png", ".tiff", "_mask.png")]
                        for stem in unique_output_stems(paths)]
             all_ranks(prepare, "checking out_dir") if size > 1 else prepare()
-        mine = shard(-(-len(paths) // batch_size), rank, size)
-        for start in range(mine.start * batch_size, min(mine.stop * batch_size, len(paths)), batch_size):
+        for start in shard_batches(len(paths), batch_size, rank, size)[::batch_size]:
             chunk = paths[start:start + batch_size]
             batch = torch.stack([load_image(p, s) for p in chunk])
             pred = {k: v.cpu() for k, v in model.predict(batch.to(device), smooth_sigma=smooth_sigma).items()}

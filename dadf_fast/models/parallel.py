@@ -4,9 +4,9 @@ What :func:`dadf_fast.models.training.fit` does on ``W`` ranks (``distributed=No
 initialised process group of more than one process, or ``distributed=True``):
 
 - the frozen parts' caches (backbone features; in stage 2, the flow inputs) are computed
-  sharded: rank ``r`` computes the ``r``-th contiguous share of the images, in the same chunks
-  of 16 a single process uses, and the shares are gathered on every rank, so nothing is
-  computed twice;
+  sharded: rank ``r`` computes the ``r``-th contiguous share of the chunks of 16 images a
+  single process computes, and the shares are gathered on every rank, so nothing is computed
+  twice;
 - every rank draws the same permutation (the same seeded generator), so the global batches
   are those of a single process; rank ``r`` takes the ``r``-th part of each global batch and
   scales its mean loss by ``len(part) * W / len(batch)``, so DDP's gradient average is the
@@ -22,23 +22,23 @@ import inspect
 
 import torch
 
-from dadf_fast.utils.distributed import broadcast, gather, shard
+from dadf_fast.utils.distributed import broadcast, gather, shard_batches
 
 
 @torch.no_grad()
 def cached_map(fn, n: int, chunk: int, rank: int, size: int, device) -> list[torch.Tensor]:
     """``fn(index tensor)`` -> list of per-image tensors, over ``range(n)`` in chunks of
-    ``chunk``; each rank computes its contiguous share, every rank gets the concatenation in
-    index order (on ``device``)."""
-    part = shard(n, rank, size)
+    ``chunk``; each rank computes its contiguous share of one process's chunks, every rank
+    gets the concatenation in index order (on ``device``)."""
+    part = shard_batches(n, chunk, rank, size)
     outs = [fn(idx) for idx in torch.split(torch.arange(part.start, part.stop), chunk)]
-    local = [torch.cat([o[i] for o in outs]) for i in range(len(outs[0]))]
+    local = [torch.cat([o[i] for o in outs]) for i in range(len(outs[0]))] if outs else None
     if size == 1:
         return local
     # gathered as CPU tensors inside Python objects: the caches are small (tens of images), and
-    # this works on every backend and device
-    shares = gather([t.cpu() for t in local])
-    return [torch.cat([s[i] for s in shares]).to(device) for i in range(len(local))]
+    # this works on every backend and device; a rank without a chunk sends None
+    shares = [s for s in gather(None if local is None else [t.cpu() for t in local]) if s is not None]
+    return [torch.cat([s[i] for s in shares]).to(device) for i in range(len(shares[0]))]
 
 
 class _Loss(torch.nn.Module):

@@ -128,3 +128,11 @@ def shard(n: int, rank: int, size: int) -> range:
     base, extra = divmod(n, size)
     lo = rank * base + min(rank, extra)
     return range(lo, lo + base + (rank < extra))
+
+
+def shard_batches(n: int, batch: int, rank: int, size: int) -> range:
+    """The items of rank ``rank``'s contiguous share of the batches of ``batch`` items that one
+    process makes of ``range(n)``: every rank's batches are exactly one process's (empty for a
+    rank when there are fewer batches than ranks)."""
+    mine = shard(-(-n // batch), rank, size)
+    return range(min(mine.start * batch, n), min(mine.stop * batch, n))

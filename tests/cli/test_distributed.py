@@ -212,7 +212,7 @@ def test_commands_that_run_in_one_process_refuse_torchrun(tmp_path, monkeypatch,
 
 
 def test_local_device(monkeypatch):
-    from dadf_fast.utils.distributed import local_device, shard
+    from dadf_fast.utils.distributed import local_device, shard, shard_batches
 
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_RANK", "3")
@@ -220,5 +220,7 @@ def test_local_device(monkeypatch):
     assert local_device("cuda:1") == "cuda:1" and local_device("cpu") == "cpu"
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert local_device("cuda") == "cuda"
+    assert [list(shard_batches(7, 2, r, 2)) for r in range(2)] == [[0, 1, 2, 3], [4, 5, 6]]
+    assert [list(shard_batches(5, 16, r, 2)) for r in range(2)] == [[0, 1, 2, 3, 4], []]
     parts = [shard(10, r, 4) for r in range(4)]
     assert [list(p) for p in parts] == [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
