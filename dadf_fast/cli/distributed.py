@@ -19,7 +19,7 @@ def on_ranks(args, command) -> None:
     NCCL beside it for CUDA devices), this process's device (``cuda`` -> ``cuda:<LOCAL_RANK>``),
     ``args.ranks = (rank, world_size)`` for the command, standard output on rank 0 only
     (errors are printed by every rank)."""
-    started = distributed.start(args.device)
+    started, finished = distributed.start(args.device), False
     try:
         args.device = distributed.local_device(args.device)
         args.ranks = distributed.rank_size()
@@ -27,12 +27,13 @@ def on_ranks(args, command) -> None:
         try:
             with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
                 command(args)
+            finished = True
         finally:
             if quiet:
                 quiet.close()
     finally:
         if started:
-            distributed.stop()
+            distributed.stop(finished)
 
 
 def prepare_out(args, prepare) -> None:
@@ -53,12 +54,13 @@ def train_many(args, categories, train_one, prepare_out_dir) -> None:
     is not a multiple of the world size are trained data-parallel by all ranks; rank 0 prints
     the summary of all.  ``train_one(args)`` trains one category (``cmd_train``),
     ``prepare_out_dir(args, inputs=, resume=)`` checks and locks ``--out``."""
-    started = distributed.start(args.device)
+    started, finished = distributed.start(args.device), False
     try:
         _train_many_ranks(args, categories, train_one, prepare_out_dir, *distributed.world())
+        finished = True
     finally:
         if started:
-            distributed.stop()
+            distributed.stop(finished)
 
 
 def _train_many_ranks(args, categories, train_one, prepare_out_dir, rank: int, size: int) -> None:

@@ -46,8 +46,14 @@ def start(device="cpu") -> bool:
     return True
 
 
-def stop() -> None:
+def stop(finished: bool = True) -> None:
+    """Leave the process group. ``finished``: every rank got here without an error, so they
+    first wait for each other (a rank that tore its connections down while a peer still
+    finished the last collective made that peer abort in gloo); after an error no rank waits
+    (the others may be inside another collective: torchrun ends them)."""
     if dist.is_available() and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 
