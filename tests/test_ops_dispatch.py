@@ -65,9 +65,10 @@ def test_backends_report_is_generated_from_the_declarations():
             reason = decl.device_reason(dev)
             assert entry[dev] == {"available": reason is None, "reason": reason or "available"}
     assert rep["torch"]["cpu"]["available"] and rep["torch"]["limitations"] == []
-    assert set(rep["torch"]["ops"]) == {"dual_attention", "affine_coupling", "flow_nll", "multiscale_score"}
+    assert set(rep["torch"]["ops"]) == {"dual_attention", "affine_coupling", "flow_nll", "multiscale_score",
+                                        "nearest_distances"}
     assert set(rep["triton"]["ops"]) == {"dual_attention", "affine_coupling"}
-    assert set(rep["cpp"]["ops"]) == {"affine_coupling", "flow_nll", "multiscale_score"}
+    assert set(rep["cpp"]["ops"]) == {"affine_coupling", "flow_nll", "multiscale_score", "nearest_distances"}
     assert "dual_attention: head dims up to 256" in rep["triton"]["limitations"]
     assert "the C++ CPU kernels take float32 and float64 only" in rep["cpp"]["limitations"]
     for name in ("triton", "cpp"):
@@ -158,6 +159,7 @@ def test_public_ops_pass_every_attribute_their_limits_read(monkeypatch, fresh_ca
     ops.affine_coupling(*_coupling_args(), backend="torch")
     ops.flow_nll(torch.randn(2, 3), torch.zeros(2), backend="torch")
     ops.multiscale_score([torch.randn(2, 3, 4, 4)], 8, backend="torch")
+    ops.nearest_distances(torch.randn(3, 4), torch.randn(5, 4), backend="torch")
     assert set(seen) == set(registry.OP_NAMES)
     for decl in registry.DECLARATIONS.values():
         for s in decl.ops:

@@ -25,5 +25,6 @@ BACKEND = Backend(
         OpSupport("affine_coupling", "dadf_fast.reference:affine_coupling"),
         OpSupport("flow_nll", "dadf_fast.reference:flow_nll"),
         OpSupport("multiscale_score", "dadf_fast.reference:multiscale_score"),
+        OpSupport("nearest_distances", "dadf_fast.reference:nearest_distances"),
     ),
 )

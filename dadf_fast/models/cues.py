@@ -20,48 +20,11 @@ import torch.nn.functional as F
 
 from dadf_fast import ops
 from dadf_fast.models.postprocess import gaussian_smooth
+from dadf_fast.reference.nearest_distances import nearest_distances
 from dadf_fast.utils.checks import check_number
 from dadf_fast.utils.precision import autocast_off
 
 CUES = ("flow", "recon", "knn")
-_CDIST_ELEMENTS = 1 << 22     # distance-matrix block size (4M floats = 16 MB)
-
-
-def nearest_distances(queries: torch.Tensor, memory: torch.Tensor, max_elements: int = _CDIST_ELEMENTS) -> torch.Tensor:
-    """Euclidean distance of each row of ``queries [Q, D]`` to its nearest row of
-    ``memory [M, D]``.
-
-    The nearest row is found block by block (so the score matrix stays bounded) on
-    mean-centred vectors (less cancellation): within a query row, ranking by
-    ``|m|^2 - 2 q.m`` is ranking by distance, so one GEMM per block with the memory's squared
-    norms as its bias ranks the block, with no square root or ``|q|^2`` over the block
-    (``torch.cdist`` computes the same matmul form plus those passes: 1.4x slower at the
-    default model's 8192 x 32768 x 152). The distance to the row found is then recomputed
-    directly, so a query equal to a memory row scores 0.
-    """
-    if memory.shape[0] == 0:
-        raise RuntimeError("the memory bank is empty: call fit() first")
-    mu = memory.mean(0, keepdim=True)
-    centred = memory - mu
-    sq_norms = centred.square().sum(1)
-    q_chunk = max(1, min(queries.shape[0], 4096))
-    m_chunk = max(1, max_elements // q_chunk)
-    out = []
-    for q in torch.split(queries, q_chunk):
-        qc = q - mu
-        best, best_idx = None, None
-        for start in range(0, memory.shape[0], m_chunk):
-            block = centred[start:start + m_chunk]
-            d, i = torch.addmm(sq_norms[start:start + m_chunk], qc, block.T, alpha=-2).min(dim=1)
-            i = i + start
-            if best is None:
-                best, best_idx = d, i
-            else:
-                better = d < best
-                best = torch.where(better, d, best)
-                best_idx = torch.where(better, i, best_idx)
-        out.append(torch.linalg.vector_norm(q - memory[best_idx], dim=1))
-    return torch.cat(out)
 
 
 def check_cues(cues) -> tuple:
@@ -112,16 +75,19 @@ def flatten_patches(emb: torch.Tensor) -> torch.Tensor:
     return emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])
 
 
-def knn_map(emb: torch.Tensor, memory: torch.Tensor, size: int) -> torch.Tensor:
-    """Nearest-memory distance of every patch of ``emb [B, D, h, w]``, upsampled: ``[B, 1, S, S]``."""
+def knn_map(emb: torch.Tensor, memory: torch.Tensor, size: int, backend: str = "torch") -> torch.Tensor:
+    """Nearest-memory distance of every patch of ``emb [B, D, h, w]``, upsampled: ``[B, 1, S, S]``
+    (the search: :func:`dadf_fast.ops.nearest_distances` on ``backend``)."""
     b, _, h, w = emb.shape
-    dist = nearest_distances(flatten_patches(emb), memory).view(b, 1, h, w)
+    dist = ops.nearest_distances(flatten_patches(emb), memory, backend=backend).view(b, 1, h, w)
     return upsample(dist, size)
 
 
 def knn_leave_one_out(emb: torch.Tensor, size: int) -> torch.Tensor:
     """kNN maps ``[N, 1, S, S]`` of the memory's own images, each against the other images'
-    patches only (against a memory that holds its own patches every distance would be 0)."""
+    patches only (against a memory that holds its own patches every distance would be 0).
+    Always the reference search: each image has its own memory, which the ``cpp`` search
+    would index anew (once per image, more than the search saves)."""
     n, _, h, w = emb.shape
     if n < 2:
         raise ValueError("the kNN cue's calibration needs at least 2 normal images (each is scored against the others)")
@@ -158,7 +124,10 @@ def cue_maps(model, zs, feats, local, glob, sigma, knn_maps=None) -> dict:
         else:
             if model.cue_memory.shape[0] == 0:
                 raise RuntimeError("DADF's kNN cue has an empty memory: fit() (or calibrate()) the model first")
-            m = knn_map(patch_embedding(feats), model.cue_memory, size)
+            # the search is the reference under backend="torch", else the fastest that runs
+            # (the cpp search is CPU-only; a cpp/triton model on CUDA searches with the reference)
+            m = knn_map(patch_embedding(feats), model.cue_memory, size,
+                        backend="torch" if model.backend == "torch" else "auto")
         out[cue] = gaussian_smooth(m.float(), sigma) if sigma else m.float()
     return out
 

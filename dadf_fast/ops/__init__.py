@@ -8,12 +8,14 @@ from dadf_fast.ops import affine_coupling as _ac
 from dadf_fast.ops import dual_attention as _da
 from dadf_fast.ops import flow_nll as _fn
 from dadf_fast.ops import multiscale_score as _ms
+from dadf_fast.ops import nearest_distances as _nd
 from dadf_fast.ops.affine_coupling import affine_coupling
 from dadf_fast.ops.dual_attention import dual_attention
 from dadf_fast.ops.flow_nll import flow_nll
 from dadf_fast.ops.multiscale_score import multiscale_score
+from dadf_fast.ops.nearest_distances import nearest_distances
 
-OPS = (_da.OP, _ac.OP, _fn.OP, _ms.OP)
+OPS = (_da.OP, _ac.OP, _fn.OP, _ms.OP, _nd.OP)
 _BY_NAME = {op.name: op for op in OPS}
 
 
@@ -51,5 +53,5 @@ def selected_backend(op_name: str, backend: str, device, dtype, **sizes) -> str:
     return _op(op_name).select(backend, device, dtype, **sizes).backend
 
 
-__all__ = ["dual_attention", "affine_coupling", "flow_nll", "multiscale_score", "OPS", "selected_backend",
+__all__ = ["dual_attention", "affine_coupling", "flow_nll", "multiscale_score", "nearest_distances", "OPS", "selected_backend",
            "module_backend", "clear_backend_cache"]

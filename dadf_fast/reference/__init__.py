@@ -7,5 +7,6 @@ from dadf_fast.reference.affine_coupling import affine_coupling, permutation_mat
 from dadf_fast.reference.dual_attention import dual_attention
 from dadf_fast.reference.flow_nll import flow_nll
 from dadf_fast.reference.multiscale_score import multiscale_score
+from dadf_fast.reference.nearest_distances import nearest_distances
 
-__all__ = ["dual_attention", "affine_coupling", "permutation_matrix", "flow_nll", "multiscale_score"]
+__all__ = ["dual_attention", "affine_coupling", "permutation_matrix", "flow_nll", "multiscale_score", "nearest_distances"]

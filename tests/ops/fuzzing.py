@@ -32,7 +32,7 @@ EPS = {dt: torch.finfo(dt).eps for dt in (F16, F32, F64)}
 K_EAGER = 8
 K_MAG = 4
 
-OP_NAMES = ("dual_attention", "affine_coupling", "flow_nll", "multiscale_score")
+OP_NAMES = ("dual_attention", "affine_coupling", "flow_nll", "multiscale_score", "nearest_distances")
 # dtypes each backend runs on CPU tensors (the contract: float32 everywhere; float64 on the
 # torch and cpp backends; float16 where the computation is float32 rounded once: the Triton
 # kernels, and the torch reference of the float32-accumulating ops)
@@ -46,6 +46,8 @@ DTYPES = {
     ("flow_nll", "cpp"): (F32, F64),
     ("multiscale_score", "torch"): (F32, F64, F16),
     ("multiscale_score", "cpp"): (F32, F64),
+    ("nearest_distances", "torch"): (F32, F64),
+    ("nearest_distances", "cpp"): (F32, F64),
 }
 # what each backend must refuse with BackendUnavailable on CPU tensors
 UNSUPPORTED = {
@@ -54,6 +56,7 @@ UNSUPPORTED = {
     ("affine_coupling", "cpp"): (F16, torch.bfloat16),
     ("flow_nll", "cpp"): (F16, torch.bfloat16),
     ("multiscale_score", "cpp"): (F16, torch.bfloat16),
+    ("nearest_distances", "cpp"): (F16, torch.bfloat16),
 }
 
 

@@ -206,11 +206,48 @@ SCORE_BAD = {
     "backend": lambda d, kw, dt: _backend(d, kw),
 }
 
+def _knn_call(draw, seed, dtype):
+    gen = torch.Generator().manual_seed(seed)
+    d = draw(st.integers(1, 6))
+    kw = dict(queries=torch.randn(draw(st.integers(1, 5)), d, generator=gen, dtype=F64).to(dtype),
+              memory=torch.randn(draw(st.integers(1, 7)), d, generator=gen, dtype=F64).to(dtype))
+    return kw, ops.nearest_distances
+
+
+def _knn_width(draw, kw):
+    n = _pick(draw, ["queries", "memory"])
+    kw[n] = torch.cat((kw[n], kw[n][:, :1]), dim=1)
+    return kw, "memory"  # the message names the memory's D against the queries'
+
+
+def _knn_empty(draw, kw):
+    kw["memory"] = kw["memory"][:0]
+    return kw, "memory"
+
+
+def _knn_no_features(draw, kw):
+    kw["queries"], kw["memory"] = kw["queries"][:, :0], kw["memory"][:, :0]
+    return kw, "D"
+
+
+KNN_BAD = {
+    "rank": lambda d, kw, dt: _rank(d, kw, ["queries", "memory"]),
+    "width": lambda d, kw, dt: _knn_width(d, kw),
+    "empty_memory": lambda d, kw, dt: _knn_empty(d, kw),
+    "no_features": lambda d, kw, dt: _knn_no_features(d, kw),
+    "dtype": lambda d, kw, dt: _dtype(d, kw, ["memory"], dt),
+    "not_float": lambda d, kw, dt: _not_float(d, kw, ["queries", "memory"]),
+    "not_tensor": lambda d, kw, dt: _not_tensor(d, kw, ["queries", "memory"]),
+    "device": lambda d, kw, dt: _device(d, kw, ["memory"]),
+    "backend": lambda d, kw, dt: _backend(d, kw),
+}
+
 INVALID = {
     "dual_attention": (_attention_call, ATTENTION_BAD),
     "affine_coupling": (_coupling_call, COUPLING_BAD),
     "flow_nll": (_nll_call, NLL_BAD),
     "multiscale_score": (_score_call, SCORE_BAD),
+    "nearest_distances": (_knn_call, KNN_BAD),
 }
 # (op, corruption) that fail today: each names the bug it shows; remove the entry once fixed
 KNOWN_BAD = {

@@ -357,6 +357,59 @@ def _multiscale_score_matches_reference(backend, case):
     assert all(z.unchanged() for z in zs), "an input was modified"
 
 
+# -------------------------------------------------------------------------- nearest_distances
+
+
+@st.composite
+def knn_cases(draw, backend):
+    dtype = draw(st.sampled_from(DTYPES[("nearest_distances", backend)]))
+    d = draw(st.integers(1, 40))
+    return dict(dtype=dtype, q=draw(st.integers(1, 30)), m=draw(st.integers(1, 60)), d=d,
+                q_layout=draw(layouts(2)), m_layout=draw(layouts(2)), std=draw(st.sampled_from([0.01, 1.0, 100.0])),
+                offset=draw(st.sampled_from([0.0, 1.0, 1000.0])), seed=draw(seeds()))
+
+
+@pytest.mark.parametrize("backend", BACKENDS["nearest_distances"])
+def test_nearest_distances_matches_reference(backend):
+    fuzz(backend, knn_cases(backend), lambda case: _nearest_distances_matches_reference(backend, case))
+
+
+def _nearest_distances_matches_reference(backend, case):
+    dtype = case["dtype"]
+    gen = torch.Generator().manual_seed(case["seed"])
+    shift = torch.full((case["d"],), case["offset"], dtype=F64)  # far from the origin: cancellation
+    qv = case["std"] * torch.randn(case["q"], case["d"], generator=gen, dtype=F64) + shift
+    mv = case["std"] * torch.randn(case["m"], case["d"], generator=gen, dtype=F64) + shift
+    # every third query is a memory row: distance 0 exactly
+    qv[::3] = mv[torch.randint(case["m"], (qv[::3].shape[0],), generator=gen)]
+    q = make_arg(gen, qv.shape, case["q_layout"], dtype, values=qv, requires_grad=True)
+    m = make_arg(gen, mv.shape, case["m_layout"], dtype, values=mv, requires_grad=True)
+    up = torch.randn(case["q"], generator=gen, dtype=F64).to(dtype)
+
+    out = ops.nearest_distances(q.view, m.view, backend=backend)
+    got = [out] + list(grads((out,), (up,), (q.view, m.view)))
+
+    def run_reference(dt):
+        ql, ml = leaves((q, m), dt)
+        o = reference.nearest_distances(ql, ml)
+        return [o] + list(grads((o,), (up.to(dt),), (ql, ml)))
+
+    truth, eager = run_reference(F64), run_reference(F32)
+    check_close("distances", got[0], truth[0], eager[0], dtype)
+    dist = torch.cdist(q.values, m.values, compute_mode="donot_use_mm_for_euclid_dist")
+    exact = dist.min(1).values
+    check_close("distances (brute force)", got[0], exact, eager[0], dtype)
+    # the gradients follow the row found; with two rows (nearly) as near, even equal rows (a
+    # stride-0 memory), either is right and its row of dmemory gets the gradient
+    if case["m"] > 1:
+        two = dist.topk(2, dim=1, largest=False).values
+        if ((two[:, 1] - two[:, 0]) < 1e-3 * (1 + two[:, 1])).any():
+            return
+    for name, g, t, e in zip(("dqueries", "dmemory"), got[1:], truth[1:], eager[1:]):
+        check_close(name, g, t, e, dtype)
+    assert q.unchanged() and m.unchanged(), "an input was modified"
+
+
 # ------------------------------------------------------------------------------ empty tensors
 # Sizes of 0 are valid where the result is well defined (an empty batch, no pixels, no
 # tokens): the result must then be the right one, not an error and not garbage.
@@ -383,6 +436,12 @@ def test_affine_coupling_empty(backend, reverse, shape):
     assert y.shape == shape
     # no pixels: log|det| is the empty sum, 0 (the global affine contributes H*W*sum log g)
     assert ld.shape == (bsz,) and torch.equal(ld, torch.zeros(bsz))
+
+
+@pytest.mark.parametrize("backend", BACKENDS["nearest_distances"])
+def test_nearest_distances_no_queries(backend):
+    out = ops.nearest_distances(torch.randn(0, 5), torch.randn(4, 5), backend=backend)
+    assert out.shape == (0,) and out.dtype == torch.float32
 
 
 @pytest.mark.parametrize("backend", BACKENDS["flow_nll"])

@@ -23,6 +23,12 @@ CUDA_4D_ONLY = Limit("affine_coupling on CUDA: 4-D [B, C, H, W] inputs only (2-D
                      ("device", "ndim"), lambda call: call.device == "cuda" and call.get("ndim") != 4)
 
 
+# the pruned search is a CPU algorithm (its scan is branchy, per row); on CUDA the reference's
+# blocked GEMM is what a GPU is good at
+CPU_ONLY_SEARCH = Limit("nearest_distances: CPU tensors only (the reference's blocked GEMM runs on CUDA)",
+                        ("device",), lambda call: call.device != "cpu")
+
+
 def unavailable_reason(device_type: str) -> str | None:
     """Why the extension cannot run on ``device_type`` tensors here (None when it can)."""
     from dadf_fast.kernels import cpp
@@ -39,5 +45,7 @@ BACKEND = Backend(
                   limits=(SOFT_PERMUTATION, CPU_DTYPES, CUDA_4D_ONLY), options=("compute_logdet",)),
         OpSupport("flow_nll", "dadf_fast.kernels.cpp.ops:flow_nll", limits=(CPU_DTYPES,)),
         OpSupport("multiscale_score", "dadf_fast.kernels.cpp.ops:multiscale_score", limits=(CPU_DTYPES,)),
+        OpSupport("nearest_distances", "dadf_fast.kernels.cpp.ops:nearest_distances",
+                  limits=(CPU_DTYPES, CPU_ONLY_SEARCH)),
     ),
 )

@@ -64,6 +64,26 @@ def _multiscale_score_fake(zs, H, W, reduce):
     return z0.new_empty((z0.shape[0], 1, H, W)), z0.new_empty((z0.shape[0],))
 
 
+@torch.library.register_fake("dadf_fast::nearest_index_bounded")
+def _nearest_index_bounded_fake(queries, memory, mean, basis, memory_bound_t, memory_sqnorm):
+    return queries.new_empty((queries.shape[0],), dtype=torch.long)
+
+
+# The search with its memory index, as one op: the index is looked up in (or added to) the
+# cache of kernels/cpp/knn_index.py on the real tensors, so the op stays opaque to
+# torch.compile (no graph break on the cache lookup).
+@torch.library.custom_op("dadf_fast::nearest_index", mutates_args=())
+def _nearest_index(queries: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    from dadf_fast.kernels.cpp.knn_index import memory_index
+
+    return _ops.nearest_index_bounded(queries, memory, *memory_index(memory))
+
+
+@_nearest_index.register_fake
+def _nearest_index_fake(queries, memory):
+    return queries.new_empty((queries.shape[0],), dtype=torch.long)
+
+
 # ---------------------------------------------------------------------------------------
 # Autograd
 # ---------------------------------------------------------------------------------------
@@ -206,7 +226,15 @@ def multiscale_score(zs, size, reduce="max"):
     return _ops.multiscale_score(list(zs), h, w, str(reduce))
 
 
+def nearest_distances(queries, memory):
+    """Distance ``[Q]`` of each row of ``queries [Q, D]`` to its nearest row of ``memory [M, D]``:
+    the index from ``torch.ops.dadf_fast.nearest_index`` (exact, pruned search), the distance
+    recomputed from it as the reference does (differentiable in both inputs)."""
+    index = torch.ops.dadf_fast.nearest_index(queries.detach(), memory.detach())
+    return torch.linalg.vector_norm(queries - memory[index], dim=1)
+
+
 WITH_CUDA = bool(getattr(_C, "WITH_CUDA", False))
 SOURCE_HASH = getattr(_C, "SOURCE_HASH", None)
 
-__all__ = ["affine_coupling", "flow_nll", "multiscale_score", "WITH_CUDA", "SOURCE_HASH"]
+__all__ = ["affine_coupling", "flow_nll", "multiscale_score", "nearest_distances", "WITH_CUDA", "SOURCE_HASH"]

@@ -31,6 +31,12 @@ TORCH_LIBRARY(dadf_fast, m) {
   m.def("flow_nll_bwd(Tensor grad, Tensor z) -> (Tensor, Tensor)");
   // Anomaly map [B,1,H,W] = 1 - mean_s upsample(exp(-0.5 mean_c z_s^2)) and per-image score.
   m.def("multiscale_score(Tensor[] zs, int H, int W, str reduce) -> (Tensor, Tensor)");
+  // Index [Q] (int64) of each query's nearest memory row, exact, pruned by the lower bound of
+  // an index of the memory (mean [D], orthonormal basis [D, k], the memory's augmented
+  // coordinates [k+1, M] and squared centred norms [M]; built by kernels/cpp/knn_index.py).
+  m.def(
+      "nearest_index_bounded(Tensor queries, Tensor memory, Tensor mean, Tensor basis, Tensor memory_bound_t, "
+      "Tensor memory_sqnorm) -> Tensor");
 }
 
 namespace {
