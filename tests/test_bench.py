@@ -197,3 +197,30 @@ def test_missing_runtime_is_a_skipped_row(monkeypatch):
                      reps=1, warmup=0, input_size=64, split=False, model_kwargs=dict(depth=1, flow_steps=2),
                      print_fn=lambda *_: None)
     assert [r["note"] for r in rows] == ["", "skipped: no onnx here", "skipped: no onnx here"]
+
+
+def test_openvino_bf16_row_is_asked_for_by_name_and_says_why_it_cannot_run(monkeypatch):
+    """``openvino-bf16`` is never in the default variants (OpenVINO's bfloat16 hung on the lite
+    graph on an AMX CPU); where OpenVINO reports no BF16 it is a skipped row with the reason,
+    never a float32 run under a bfloat16 name."""
+    import dadf_fast.deploy.runtime as runtime
+    from dadf_fast.cli.bench_tasks import EXPLICIT_ONLY, RUNTIME_VARIANTS
+
+    assert "openvino-bf16" in RUNTIME_VARIANTS and "openvino-bf16" in EXPLICIT_ONLY
+    monkeypatch.setattr(runtime, "missing_runtime", lambda fmt: None)
+    monkeypatch.setattr(runtime, "openvino_bf16_unsupported", lambda: "no BF16 on this CPU (test)")
+    rows = run_bench("lite", batch_sizes=[1], backends=("torch", "openvino-bf16"), tasks=("infer",),
+                     reps=1, warmup=0, input_size=64, split=False, model_kwargs=dict(depth=1, flow_steps=2),
+                     print_fn=lambda *_: None)
+    assert [r["variant"] for r in rows] == ["torch", "openvino-bf16"]
+    assert rows[1]["note"] == "skipped: no BF16 on this CPU (test)" and math.isnan(rows[1]["images_per_s"])
+    assert "bfloat16 inference precision" in rows[1]["ops"]
+
+
+def test_runtime_precision_is_checked():
+    from dadf_fast.deploy.runtime import load_runtime
+
+    with pytest.raises(ValueError, match="precision must be one of"):
+        load_runtime("model.xml", "openvino", precision="fp16")
+    with pytest.raises(ValueError, match="OpenVINO setting"):
+        load_runtime("model.onnx", "onnx", precision="bf16")

@@ -55,7 +55,8 @@ import torch
 
 from dadf_fast.cli.bench_flops import coupling_bytes, stage_flops
 from dadf_fast.cli.bench_report import print_header, print_row, write_csv, write_plot
-from dadf_fast.cli.bench_tasks import COLUMNS, DEFAULT_VARIANTS, RUNTIME_VARIANTS, SPLIT, TASKS, VARIANTS, run_task
+from dadf_fast.cli.bench_tasks import (COLUMNS, DEFAULT_VARIANTS, EXPLICIT_ONLY, RUNTIME_VARIANTS, SPLIT, TASKS, VARIANTS,
+                                       run_task)
 from dadf_fast.utils.measure import load_note, time_fn
 
 
@@ -76,7 +77,7 @@ def run_bench(preset="lite", batch_sizes=None, quick: bool = False, csv: str | N
         batch_sizes: default ``[1, 8]`` on CPU, ``[1, 8, 32]`` on GPU (``quick``: the first two).
         backends: the variants, a subset of :data:`VARIANTS`; default ``torch``, ``compile``,
             ``auto`` (on CPU also ``onnxruntime`` and ``openvino``, on CUDA ``auto-compile``
-            and ``auto-graph``), ``quick``: ``("torch", "auto")``.  ``"torch"`` is always run first (the ratio base).
+            and ``auto-graph``; ``openvino-bf16`` only when named), ``quick``: ``("torch", "auto")``.  ``"torch"`` is always run first (the ratio base).
         tasks: subset of ``("infer", "stage1", "stage2")``.
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``: the model's compute precision
             (``DADF(dtype=...)``, mixed precision; weights and images stay float32).
@@ -97,7 +98,8 @@ def run_bench(preset="lite", batch_sizes=None, quick: bool = False, csv: str | N
         batch_sizes = [1, 8] if dev.type == "cpu" else [1, 8, 32]
     if quick:
         batch_sizes = list(batch_sizes)[:2]
-    default = list(DEFAULT_VARIANTS) + (["auto-compile", "auto-graph"] if dev.type == "cuda" else list(RUNTIME_VARIANTS))
+    default = list(DEFAULT_VARIANTS) + (["auto-compile", "auto-graph"] if dev.type == "cuda" else
+                                        [v for v in RUNTIME_VARIANTS if v not in EXPLICIT_ONLY])
     variants = list(backends) if backends is not None else (["torch", "auto"] if quick else default)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:

@@ -17,11 +17,14 @@ import torch
 
 from dadf_fast.utils.measure import peak_memory_mb, reset_peak_memory, sync
 
-VARIANTS = ("torch", "compile", "auto", "auto-compile", "auto-graph", "onnxruntime", "openvino")
+VARIANTS = ("torch", "compile", "auto", "auto-compile", "auto-graph", "onnxruntime", "openvino", "openvino-bf16")
 DEFAULT_VARIANTS = ("torch", "compile", "auto")
 # variant -> export format: the exported graph in ONNX Runtime / OpenVINO on the CPU (float32, the
 # threads torch has), part of the default variants on CPU
-RUNTIME_VARIANTS = {"onnxruntime": "onnx", "openvino": "openvino"}
+RUNTIME_VARIANTS = {"onnxruntime": "onnx", "openvino": "openvino", "openvino-bf16": "openvino"}
+# asked for by name only: OpenVINO 2026.4's bfloat16 hung in infer on the lite graph on an AMX
+# Xeon (docs/benchmarks.md), and a default run must not hang
+EXPLICIT_ONLY = ("openvino-bf16",)
 TASKS = ("infer", "stage1", "stage2")
 # the column of each of DADF.INFERENCE_STAGES, in the model's order
 STAGE_COLUMNS = {"features": "backbone_ms", "reconstruct": "transformer_ms", "latents": "flows_ms",
@@ -106,7 +109,15 @@ def runtime_task(model, variant, x, exports: dict):
         missing = missing_runtime(need)
         if missing:
             raise RuntimeMissing(missing)
-    run = load_runtime(exported_file(model, fmt, x, exports), fmt, threads=torch.get_num_threads())
+    precision = "bf16" if variant == "openvino-bf16" else "f32"
+    if precision == "bf16":
+        from dadf_fast.deploy.runtime import openvino_bf16_unsupported
+
+        reason = openvino_bf16_unsupported()
+        if reason:
+            raise RuntimeMissing(reason)
+    run = load_runtime(exported_file(model, fmt, x, exports), fmt, threads=torch.get_num_threads(),
+                       precision=precision)
     return lambda: run(x)
 
 
@@ -197,7 +208,8 @@ def error_note(variant, exc) -> str:
     if isinstance(exc, RuntimeMissing):
         return f"skipped: {msg}"
     what = {"compile": "compile failed", "auto-compile": "compile failed", "auto-graph": "capture failed",
-            "onnxruntime": "export failed", "openvino": "export failed"}.get(variant, "failed")
+            "onnxruntime": "export failed", "openvino": "export failed",
+            "openvino-bf16": "export failed"}.get(variant, "failed")
     return f"{what}: {type(exc).__name__}: {msg[:160]}"
 
 
@@ -217,7 +229,8 @@ def _empty_row(pname, task, variant, backend, x, dev, tdtype, head_dim=None) -> 
     elif variant == "auto-graph":
         row["ops"] = "cuda-graph(" + row["ops"] + ")"
     elif variant in RUNTIME_VARIANTS:
-        row["ops"] = f"{variant}(exported float32 graph, CPU, {torch.get_num_threads()} threads)"
+        precision = ", bfloat16 inference precision" if variant == "openvino-bf16" else ""
+        row["ops"] = f"{variant}(exported float32 graph{precision}, CPU, {torch.get_num_threads()} threads)"
     return row
 
 

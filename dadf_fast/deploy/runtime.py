@@ -7,7 +7,10 @@ file through it, and ``dadf-fast bench`` times it.
 OpenVINO is compiled with ``INFERENCE_PRECISION_HINT=f32``: on CPUs with bfloat16 units
 (AVX-512 BF16, AMX) its default is bfloat16, which moved the maps by about 0.05 (measured on
 the lite preset).  A user of ``model.xml`` must pass the same setting (:data:`OPENVINO_CONFIG`,
-also in ``metadata.json``); OpenVINO does not read it from the file.
+also in ``metadata.json``); OpenVINO does not read it from the file.  ``precision="bf16"``
+asks for OpenVINO's bfloat16 inference precision (what ``dadf-fast bench``'s
+``openvino-bf16`` row times); it is refused, with the reason, on a CPU whose OpenVINO plugin
+reports no BF16 capability (OpenVINO would silently run float32 there).
 """
 from __future__ import annotations
 
@@ -15,6 +18,16 @@ import numpy as np
 
 RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino"}
 OPENVINO_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
+PRECISIONS = ("f32", "bf16")
+
+
+def openvino_bf16_unsupported() -> str | None:
+    """Why OpenVINO cannot run bfloat16 on this CPU (None when its CPU plugin reports BF16)."""
+    ov = require("openvino", "running an OpenVINO export")
+    caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    if "BF16" in caps:
+        return None
+    return f"OpenVINO's CPU plugin reports no BF16 capability here (OPTIMIZATION_CAPABILITIES {list(caps)})"
 
 
 def require(module: str, what: str):
@@ -44,11 +57,15 @@ def _as_array(images) -> np.ndarray:
     return np.ascontiguousarray(images, dtype=np.float32)
 
 
-def load_runtime(path, fmt: str, threads: int | None = None):
+def load_runtime(path, fmt: str, threads: int | None = None, precision: str = "f32"):
     """``run(images) -> {name: array}`` for the exported file ``path`` (``model.onnx`` or
     ``model.xml``) of format ``fmt``, on the CPU with ``threads`` threads (None: the runtime's
-    default)."""
+    default); ``precision`` (OpenVINO only) ``"f32"`` or ``"bf16"``."""
     path = str(path)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "f32" and fmt != "openvino":
+        raise ValueError(f"precision={precision!r} is an OpenVINO setting; the {fmt} runtime runs float32")
     if fmt == "onnx":
         ort = require("onnxruntime", "running an ONNX export")
         opts = ort.SessionOptions()
@@ -66,6 +83,11 @@ def load_runtime(path, fmt: str, threads: int | None = None):
     if fmt == "openvino":
         ov = require("openvino", "running an OpenVINO export")
         config = dict(OPENVINO_CONFIG)
+        if precision == "bf16":
+            reason = openvino_bf16_unsupported()
+            if reason:
+                raise RuntimeError(reason)
+            config["INFERENCE_PRECISION_HINT"] = "bf16"
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         compiled = ov.Core().compile_model(path, "CPU", config)
@@ -81,4 +103,5 @@ def load_runtime(path, fmt: str, threads: int | None = None):
     raise ValueError(f"format must be one of {tuple(RUNTIMES)}, got {fmt!r}")
 
 
-__all__ = ["RUNTIMES", "OPENVINO_CONFIG", "load_runtime", "missing_runtime", "require"]
+__all__ = ["RUNTIMES", "OPENVINO_CONFIG", "PRECISIONS", "load_runtime", "missing_runtime", "openvino_bf16_unsupported",
+           "require"]
