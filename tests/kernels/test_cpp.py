@@ -180,6 +180,11 @@ def test_every_cpu_instruction_set_copy_agrees():
                                        reference.multiscale_score(zs, (37, 29), reduce), atol=1e-6, rtol=1e-6)
         z = torch.randn(3, 70001); ld = torch.randn(3)
         torch.testing.assert_close(cpp.flow_nll(z, ld), reference.flow_nll(z, ld), atol=1e-5, rtol=1e-5)
+        basis = torch.randn(5, 61)
+        memory = torch.randn(2500, 5) @ basis + 0.1 * torch.randn(2500, 61)
+        queries = torch.cat((torch.randn(1100, 5) @ basis, memory[:30]))
+        torch.testing.assert_close(cpp.nearest_distances(queries, memory),
+                                   reference.nearest_distances(queries, memory), atol=1e-5, rtol=1e-5)
         print("OK")
         """
     )

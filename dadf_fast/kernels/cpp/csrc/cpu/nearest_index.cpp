@@ -20,8 +20,9 @@
 // its bias); 1024 x 1024 ran the 33-deep GEMM at 102 GFLOP/s on the 2-core CI machine against
 // 43-60 for taller or wider blocks (the block falls out of the caches, or MKL's panels are
 // too thin).  Each row of the block is then scanned by one thread (at::parallel_for over the
-// tile's rows): first its smallest bound's exact distance (a tight running best from the
-// first chunk on), then every entry below the running best.
+// tile's rows; the scan is cpu/knn_rows.h, one copy per instruction set): first its smallest
+// bound's exact distance (a tight running best from the first chunk on), then every entry
+// below the running best.
 //
 // Rounding.  The bound is computed in the inputs' dtype; a row is pruned only when its bound
 // exceeds the running best by kTolerance ulps of |c_q|^2 + max |c_m|^2, far more than the
@@ -37,6 +38,8 @@
 #include <limits>
 
 #include "dadf_common.h"
+// after every library header (instruction-set regions):
+#include "cpu/knn_kernels.h"
 
 namespace dadf_fast {
 namespace cpu {
@@ -46,89 +49,6 @@ constexpr const char* kOp = "dadf_fast::nearest_index_bounded";
 constexpr int64_t kQueryTile = 1024;
 constexpr int64_t kMemoryChunk = 1024;
 constexpr double kTolerance = 1024.0;  // in units of the dtype's epsilon
-
-// sum_j (a_j - b_j)^2 with 8 independent partial sums (the compiler vectorises the lanes; a
-// single accumulator would serialise on the add latency)
-template <typename T>
-inline T squared_distance(const T* a, const T* b, int64_t d) {
-  T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t j = 0;
-  for (; j + 8 <= d; j += 8) {
-    for (int l = 0; l < 8; ++l) {
-      const T diff = a[j + l] - b[j + l];
-      acc[l] += diff * diff;
-    }
-  }
-  T tail = 0;
-  for (; j < d; ++j) {
-    const T diff = a[j] - b[j];
-    tail += diff * diff;
-  }
-  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail;
-}
-
-template <typename T>
-struct Search {
-  const T* queries;  // [Q, D]
-  const T* memory;   // [M, D]
-  int64_t dim;
-  T* best;           // [Q] running best squared distance
-  int64_t* index;    // [Q]
-  const T* qnorm;    // [Q] |c_q|^2
-  T slack;           // kTolerance * eps * max |c_m|^2
-
-  // One query row against one chunk of bounds s[0:n) (bound minus |c_q|^2) of rows m0...
-  // The first chunk seeds the running best with its smallest bound's exact distance; after
-  // that a chunk is one pass of compares against the running best, 16 at a time (the
-  // compiler vectorises the block's any-below test; blocks holding a candidate are rare).
-  void scan(int64_t q, const T* s, int64_t n, int64_t m0) const {
-    const T* qrow = queries + q * dim;
-    const T eps = std::numeric_limits<T>::epsilon();
-    const T tol = static_cast<T>(kTolerance) * eps * qnorm[q] + slack;
-    T b = best[q];
-    int64_t bi = index[q];
-    auto consider = [&](int64_t m) {
-      const T d2 = squared_distance(qrow, memory + (m0 + m) * dim, dim);
-      if (d2 < b) {
-        b = d2;
-        bi = m0 + m;
-      }
-    };
-    if (!(b < std::numeric_limits<T>::infinity())) {  // first chunk of this query
-      int64_t am = 0;
-      T mv = s[0];
-      for (int64_t m = 1; m < n; ++m) {
-        if (s[m] < mv) {
-          mv = s[m];
-          am = m;
-        }
-      }
-      consider(am);
-    }
-    T thr = b - qnorm[q] + tol;  // a row is a candidate iff its s < thr
-    int64_t m = 0;
-    for (; m + 16 <= n; m += 16) {
-      int any = 0;
-      for (int l = 0; l < 16; ++l) any |= (s[m + l] < thr);
-      if (any) {
-        for (int l = 0; l < 16; ++l) {
-          if (s[m + l] < thr && m0 + m + l != bi) {
-            consider(m + l);
-            thr = b - qnorm[q] + tol;
-          }
-        }
-      }
-    }
-    for (; m < n; ++m) {
-      if (s[m] < thr && m0 + m != bi) {
-        consider(m);
-        thr = b - qnorm[q] + tol;
-      }
-    }
-    best[q] = b;
-    index[q] = bi;
-  }
-};
 
 at::Tensor nearest_index_cpu(const at::Tensor& queries_, const at::Tensor& memory_, const at::Tensor& mean,
                              const at::Tensor& basis, const at::Tensor& memory_bound_t,
@@ -171,9 +91,15 @@ at::Tensor nearest_index_cpu(const at::Tensor& queries_, const at::Tensor& memor
 
   AT_DISPATCH_FLOATING_TYPES(queries.scalar_type(), "nearest_index_cpu", [&] {
     const scalar_t max_mnorm = bias.max().item<scalar_t>();
-    Search<scalar_t> search{queries.data_ptr<scalar_t>(), memory.data_ptr<scalar_t>(), D, best.data_ptr<scalar_t>(),
-                            index.data_ptr<int64_t>(), qnorm.data_ptr<scalar_t>(),
-                            static_cast<scalar_t>(kTolerance) * std::numeric_limits<scalar_t>::epsilon() * max_mnorm};
+    const auto scan_row = scan_row_fn<scalar_t>();
+    const scalar_t eps = std::numeric_limits<scalar_t>::epsilon();
+    const scalar_t inf = std::numeric_limits<scalar_t>::infinity();
+    const scalar_t slack = static_cast<scalar_t>(kTolerance) * eps * max_mnorm;
+    const scalar_t* qp = queries.data_ptr<scalar_t>();
+    const scalar_t* mp = memory.data_ptr<scalar_t>();
+    const scalar_t* qn = qnorm.data_ptr<scalar_t>();
+    scalar_t* bp = best.data_ptr<scalar_t>();
+    int64_t* ip = index.data_ptr<int64_t>();
     for (int64_t q0 = 0; q0 < Q; q0 += kQueryTile) {
       const int64_t tq = std::min(kQueryTile, Q - q0);
       const at::Tensor qtile = qaug.narrow(0, q0, tq);
@@ -183,7 +109,11 @@ at::Tensor nearest_index_cpu(const at::Tensor& queries_, const at::Tensor& memor
         at::addmm_out(s, bias.narrow(0, m0, tm), qtile, memory_bound_t.narrow(1, m0, tm), 1, -2);
         const scalar_t* sp = s.data_ptr<scalar_t>();
         at::parallel_for(0, tq, 16, [&](int64_t begin, int64_t end) {
-          for (int64_t t = begin; t < end; ++t) search.scan(q0 + t, sp + t * tm, tm, m0);
+          for (int64_t t = begin; t < end; ++t) {
+            const int64_t q = q0 + t;
+            const scalar_t tol = static_cast<scalar_t>(kTolerance) * eps * qn[q] + slack;
+            scan_row(sp + t * tm, tm, m0, qp + q * D, mp, D, qn[q], tol, inf, bp + q, ip + q);
+          }
         });
       }
     }
