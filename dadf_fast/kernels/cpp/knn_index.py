@@ -9,9 +9,10 @@ cached per memory tensor: a model's memory bank is built once per ``fit`` / ``ca
 searched at every inference.  The cache holds a weak reference to the tensor's storage and its version
 counter, so a new bank or an in-place change of the old one builds a new index.
 
-``k`` (:data:`PROJECTION_DIMS`): on the pretrained lite0 embeddings (152 dims) 32 leading
-directions hold 88-94 % of the variance and leave 70-500 rows per query (of 40960) to check
-exactly; 48 leave 20-230 but cost 1.5x the bounding GEMM (docs/benchmarks.md).
+``k`` (:data:`PROJECTION_DIMS`): on the pretrained lite0 embeddings (152 dims) of coins,
+screw and fabric, 32 leading directions hold 88-94 % of the variance and leave 90-530 rows
+per query (of 40960) to check exactly; 48 leave 20-230 but make the bounding GEMM 1.5x
+longer (measured 2026-12-02; the 32-direction counts are in docs/benchmarks.md).
 """
 from __future__ import annotations
 
