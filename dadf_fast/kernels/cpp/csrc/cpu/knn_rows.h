@@ -44,13 +44,15 @@ void scan_row(const T* __restrict__ s, int64_t n, int64_t m0, const T* __restric
     }
   }
   T thr = b - qnorm + tol;
-  int64_t m = 0;
-  for (; m + 16 <= n; m += 16) {
-    int any = 0;
+  for (int64_t m = 0; m < n; m += 16) {
+    const int64_t hi = m + 16 <= n ? m + 16 : n;
+    if (hi - m == 16) {
+      int any = 0;
 #pragma omp simd reduction(| : any)
-    for (int l = 0; l < 16; ++l) any |= (s[m + l] < thr) ? 1 : 0;
-    if (!any) continue;
-    for (int64_t k = m; k < m + 16; ++k) {
+      for (int l = 0; l < 16; ++l) any |= (s[m + l] < thr) ? 1 : 0;
+      if (!any) continue;
+    }
+    for (int64_t k = m; k < hi; ++k) {
       if (s[k] < thr && m0 + k != bi) {
         const T d2 = squared_distance(qrow, memory + (m0 + k) * dim, dim);
         if (d2 < b) {
@@ -58,16 +60,6 @@ void scan_row(const T* __restrict__ s, int64_t n, int64_t m0, const T* __restric
           bi = m0 + k;
           thr = b - qnorm + tol;
         }
-      }
-    }
-  }
-  for (; m < n; ++m) {
-    if (s[m] < thr && m0 + m != bi) {
-      const T d2 = squared_distance(qrow, memory + (m0 + m) * dim, dim);
-      if (d2 < b) {
-        b = d2;
-        bi = m0 + m;
-        thr = b - qnorm + tol;
       }
     }
   }
