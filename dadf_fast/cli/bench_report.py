@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import os
 
-from dadf_fast.cli.bench_tasks import COLUMNS, SPLIT
+from dadf_fast.cli.bench_tasks import COLUMNS, RUNTIME_VARIANTS, SPLIT
 from dadf_fast.utils.io import atomic_open
 
 
@@ -19,8 +19,8 @@ def print_header(print_fn=print) -> None:
 
 
 def print_row(r, print_fn=print) -> None:
-    first = {"auto-graph": "capture", "onnxruntime": "export+load", "openvino": "export+load",
-             "openvino-bf16": "export+load"}.get(r["variant"], "compile")
+    first = ("export+load" if r["variant"] in RUNTIME_VARIANTS else
+             "capture" if r["variant"] == "auto-graph" else "compile")
     note = r["note"] or (f"{first} {r['compile_s']:.1f} s" if not math.isnan(r["compile_s"]) else "")
     print_fn(f"{r['preset']:<7}{r['batch']:>6} {r['task']:<7}{r['variant']:<13}{_fmt(r['images_per_s'], '9.2f')}"
              f"{_fmt(1e3 * r['seconds'], '10.1f')}{_fmt(r['ratio'], '8.2f')}x"

@@ -110,7 +110,7 @@ def runtime_task(model, variant, x, exports: dict):
         if missing:
             raise RuntimeMissing(missing)
     precision = "bf16" if variant == "openvino-bf16" else "f32"
-    if precision == "bf16":
+    if precision == "bf16":  # before the export (a minute on the lite model), not after it
         from dadf_fast.deploy.runtime import openvino_bf16_unsupported
 
         reason = openvino_bf16_unsupported()
@@ -207,9 +207,11 @@ def error_note(variant, exc) -> str:
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     if isinstance(exc, RuntimeMissing):
         return f"skipped: {msg}"
-    what = {"compile": "compile failed", "auto-compile": "compile failed", "auto-graph": "capture failed",
-            "onnxruntime": "export failed", "openvino": "export failed",
-            "openvino-bf16": "export failed"}.get(variant, "failed")
+    if variant in RUNTIME_VARIANTS:
+        what = "export failed"
+    else:
+        what = {"compile": "compile failed", "auto-compile": "compile failed",
+                "auto-graph": "capture failed"}.get(variant, "failed")
     return f"{what}: {type(exc).__name__}: {msg[:160]}"
 
 
