@@ -171,6 +171,7 @@ class AllInOneBlock(nn.Module):
         self.register_buffer("perm_inv", torch.arange(channels), persistent=False)
         self._perm_key = None
         self._hard = False
+        self._global_cache = None
         self._sync_permutation()
         self._check_backend_options()
 
@@ -180,8 +181,8 @@ class AllInOneBlock(nn.Module):
         if self.householder:
             return None
         # inference tensors keep no version counter (and cannot be written outside inference mode)
-        return tuple(x for t in (self.w_perm, self.w_perm_inv)
-                     for x in (id(t), -1 if t.is_inference() else t._version))
+        w, w_inv = self.w_perm, self.w_perm_inv
+        return (id(w), -1 if w.is_inference() else w._version, id(w_inv), -1 if w_inv.is_inference() else w_inv._version)
 
     def _sync_permutation(self) -> None:
         """Derive ``perm``/``perm_inv`` from ``w_perm``/``w_perm_inv`` (once per change)."""
@@ -275,13 +276,36 @@ class AllInOneBlock(nn.Module):
                              f"(dims_c={self.dims_c}), got {got}")
         return x0, tuple(c)
 
+    def _global_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(g, b)``, ``[C]`` each: the activated global scale and the offset, as the fused op
+        takes them.  Where no gradient is recorded they are kept between calls while both
+        parameters are the same tensors at the same version (an in-place write, a reload or
+        ``.to()`` recomputes them; as for the permutation, a write through ``.data`` is not
+        seen): on CFLOW's thousands of 64-row calls the activation costs as much as the
+        coupling kernel."""
+        s, o = self.global_scale, self.global_offset
+        if (torch.is_grad_enabled() and (s.requires_grad or o.requires_grad)) or torch.compiler.is_compiling():
+            return self.global_scale_activation(s).reshape(self.in_channels), o.reshape(self.in_channels)
+        if s.is_inference() or o.is_inference():  # no version counter to key on
+            key = None
+        else:
+            key = (s._version, o._version, s.data_ptr(), o.data_ptr(), s.dtype, o.dtype, s.device, o.device)
+        hit = self._global_cache
+        if key is not None and hit is not None and hit[0] is s and hit[1] is o and hit[2] == key:
+            return hit[3], hit[4]
+        with torch.no_grad():
+            g = self.global_scale_activation(s).reshape(self.in_channels)
+            b = o.detach().reshape(self.in_channels)
+        self._global_cache = None if key is None else (s, o, key, g, b)
+        return g, b
+
     def forward(self, x, c=[], rev=False, jac=True):
         x0, cond = self._check_call(x, c, rev)
         rev = bool(rev)
-        reason = self.torch_only_reason()
-        if reason is None:
-            g = self.global_scale_activation(self.global_scale).reshape(self.in_channels)
-            b = self.global_offset.reshape(self.in_channels)
+        if self._mixing_key() != self._perm_key:
+            self._sync_permutation()
+        if self._hard and not self.GIN and not self.householder and self.in_channels >= 2 and self.clamp > 0:
+            g, b = self._global_affine()
             if self.reverse_pre_permute and not rev:
                 x0 = x0.index_select(1, self.perm_inv)  # FrEIA's pre-permutation: w_perm_inv
             y, logdet = fused_coupling(x0, cond, self.subnet, g, b, self.perm, self.perm_inv, self.clamp, rev,
@@ -302,6 +326,11 @@ class AllInOneBlock(nn.Module):
         y, logdet = torch_coupling(x0, cond, self.subnet, scale, self.global_offset, w, w_inv, self.clamp, rev,
                                    gin=self.GIN, pre_permute=self.reverse_pre_permute)
         return (y,), logdet
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_global_cache"] = None  # derived (and keyed by storage addresses): not pickled
+        return state
 
     def output_dims(self, input_dims):
         return input_dims

@@ -132,6 +132,8 @@ def fused_coupling(x, cond, subnet, g, b, perm, perm_inv, clamp, rev, backend, c
         # mixed precision: the subnet ran in bfloat16/float16 under autocast, the epilogue
         # (exp, log-det) runs on the float32 input
         a = a.to(x.dtype)
+    if x.dim() in (2, 4):  # layouts the op takes as they are (CFLOW's thousands of small calls: no views)
+        return ops.affine_coupling(x, a, g, b, perm, clamp, A_SCALE, rev, backend, compute_logdet, False)
     y, logdet = ops.affine_coupling(_op_layout(x), _op_layout(a), g, b, perm, clamp=clamp, a_scale=A_SCALE,
                                     reverse=rev, backend=backend, compute_logdet=compute_logdet,
                                     validate_args=False)

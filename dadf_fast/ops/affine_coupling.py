@@ -155,15 +155,19 @@ def affine_coupling(x, a, g, b, perm, clamp=2.0, a_scale=0.1, reverse=False, bac
         ``compute_logdet=False``.
     """
     if validate_args is False:
-        if x.dim() not in (2, 4) or tuple(a.shape) != (x.shape[0], 2 * (x.shape[1] // 2), *x.shape[2:]) \
+        shape = x.shape
+        if len(shape) not in (2, 4) or a.shape != (shape[0], 2 * (shape[1] // 2), *shape[2:]) \
                 or not a.dtype == g.dtype == b.dtype == x.dtype:
             _check_args(x, a, g, b, perm, clamp, a_scale, reverse, compute_logdet)  # raises the precise error
     else:
         check_flag("affine_coupling", "validate_args", validate_args)
         perm, clamp, a_scale = _check_args(x, a, g, b, perm, clamp, a_scale, reverse, compute_logdet)
     # perm is an index vector here: the gather kernels' permutation; ndim: 4-D-only limits
-    _, impl, options = OP.select(backend, x.device, x.dtype, permutation="hard", ndim=x.dim())
-    with autocast_off(x.device):
+    device = x.device
+    _, impl, options = OP.select(backend, device, x.dtype, permutation="hard", ndim=x.dim())
+    if compute_logdet and not torch.is_autocast_enabled(device.type):
+        return impl(x, a, g, b, perm, clamp, a_scale, reverse)  # the common call, without a context
+    with autocast_off(device):
         if compute_logdet:
             return impl(x, a, g, b, perm, clamp, a_scale, reverse)
         if "compute_logdet" in options:

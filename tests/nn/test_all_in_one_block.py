@@ -255,6 +255,50 @@ def test_in_place_change_of_w_perm_is_followed():
     torch.testing.assert_close(y, ref([x])[0][0], rtol=1e-12, atol=1e-12)
 
 
+def test_global_affine_kept_between_no_grad_calls_follows_every_change():
+    """Without autograd the activated global scale is kept between calls; every way the
+    parameters change (in-place write, load_state_dict, a new Parameter, a dtype move,
+    inference mode) must give FrEIA's output again, never the kept one."""
+    ref, fast = make_pair(6, 0, 2, {}, torch.float64, "auto", seed=9)
+    x, c = torch.randn(5, 6, dtype=torch.float64), [torch.randn(5, 2, dtype=torch.float64)]
+
+    def check(tol=1e-12):
+        with torch.no_grad():
+            (y0,), l0 = ref([x.to(ref.global_scale.dtype)], c=[t.to(ref.global_scale.dtype) for t in c])
+            for _ in range(2):  # the second call reads what the first kept
+                (y1,), l1 = fast([x.to(fast.global_scale.dtype)], c=[t.to(fast.global_scale.dtype) for t in c])
+                torch.testing.assert_close(y1, y0, rtol=tol, atol=tol)
+                torch.testing.assert_close(l1, l0, rtol=tol, atol=tol)
+
+    check()
+    assert fast._global_cache is not None  # kept (else this test would prove nothing)
+    with torch.no_grad():
+        for blk in (ref, fast):
+            blk.global_scale.add_(0.7)
+            blk.global_offset.mul_(-2.0)
+    check()
+    state = {k: v.clone() for k, v in ref.state_dict().items()}
+    state["global_scale"].normal_()
+    ref.load_state_dict(state)
+    fast.load_state_dict(state)
+    check()
+    fresh = torch.randn_like(ref.global_scale)
+    ref.global_scale = nn.Parameter(fresh.clone())
+    fast.global_scale = nn.Parameter(fresh.clone())
+    check()
+    ref.float()
+    fast.float()
+    check(tol=1e-5)
+    with torch.inference_mode():
+        (y1,), l1 = fast([x.float()], c=[c[0].float()])
+        (y0,), l0 = ref([x.float()], c=[c[0].float()])
+    torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-5)
+    # with autograd the activation is recomputed (and gets its gradient)
+    fast([x.float()], c=[c[0].float()])[1].sum().backward()
+    assert fast.global_scale.grad is not None and fast.global_scale.grad.abs().sum() > 0
+    assert pickle.loads(pickle.dumps(fast))._global_cache is None
+
+
 def test_explicit_backend_refuses_a_loaded_soft_permutation():
     torch.manual_seed(6)
     soft = FrEIA_modules.AllInOneBlock([(6, 3, 3)], subnet_constructor=Subnet(2), permute_soft=True)

@@ -26,6 +26,7 @@ if _C is None:
     raise ImportError(_reason)
 
 _ops = torch.ops.dadf_fast
+_coupling_fwd = _ops.affine_coupling_fwd.default
 
 # ---------------------------------------------------------------------------------------
 # Fake kernels: output metadata only (all real kernels return contiguous tensors).
@@ -194,15 +195,16 @@ def affine_coupling(x, a, g, b, perm, clamp=2.0, a_scale=0.1, reverse=False, com
     Returns ``(y, logdet)``; with ``compute_logdet=False`` (inference: scoring needs only z)
     the log-det reduction is skipped and ``logdet`` is None.
     """
-    args = (x, a, g, b, perm, float(clamp), float(a_scale), bool(reverse), bool(compute_logdet))
     if not _needs_autograd(x, a, g, b):
         # no gradient can flow: skip the Python autograd kernel the op's formula is registered
         # as (it would only redispatch); on CFLOW's thousands of small calls that layer costs
-        # a sizeable part of the op's time
+        # a sizeable part of the op's time (as does the overload packet: the overload is called)
         with torch._C._AutoDispatchBelowAutograd():
-            y, logdet = _ops.affine_coupling_fwd(*args)
+            y, logdet = _coupling_fwd(x, a, g, b, perm, float(clamp), float(a_scale), bool(reverse),
+                                      bool(compute_logdet))
     else:
-        y, logdet = _ops.affine_coupling_fwd(*args)
+        y, logdet = _ops.affine_coupling_fwd(x, a, g, b, perm, float(clamp), float(a_scale), bool(reverse),
+                                             bool(compute_logdet))
     return y, (logdet if compute_logdet else None)
 
 
