@@ -50,10 +50,15 @@ VARIANTS = {
                 dict(iters_flow=432, batch_size_flow=16, lr_flow=2e-3, grad_clip=1.0)),
     # FastFlow's flows inside DADF: full-conv subnets on the features alone, [C,H,W] LayerNorm,
     # all three scales, anomalib's schedule (Adam 1e-3, batch 8, 375 steps) with gradient-norm
-    # clipping 1: the lite preset and recipe now
+    # clipping 1, both stages on the images and their mirror images (the lite recipe's flips):
+    # the lite preset and recipe now
     "ff": (dict(flow_subnet="conv", flow_input="features", flow_norm="image", score_scales=(0, 1, 2),
                 smooth_sigma=4.0), _FF_FIT),
-    # one factor of lite_v1 at a time on top of "ff" (what made the old flows weaker):
+    # the same without the mirror images (the default before 2026-12-03; docs/accuracy.md)
+    "ff_noflip": (dict(flow_subnet="conv", flow_input="features", flow_norm="image", score_scales=(0, 1, 2),
+                       smooth_sigma=4.0), dict(_FF_FIT, hflip=False, vflip=False)),
+    # one factor of lite_v1 at a time on top of "ff" (what made the old flows weaker; measured
+    # before the lite recipe had its flips, which they now get too):
     # the flow input cat(F, R_l, R_g),
     "ff_concat": (dict(flow_subnet="conv", flow_input="concat", flow_norm="image", score_scales=(0, 1, 2),
                        smooth_sigma=4.0), _FF_FIT),

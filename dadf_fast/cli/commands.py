@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs-flow", type=positive_int, default=None, help="stage-2 (flow) epochs")
     p.add_argument("--iters-flow", type=positive_int, default=None,
                    help="stage-2 optimiser steps (replaces --epochs-flow; the lite recipe's default: 375)")
+    p.add_argument("--no-flips", action="store_true",
+                   help="train on the images as given only (the lite recipe also trains on their mirror "
+                        "images; turn that off when a mirrored part is a defect)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="compute precision (mixed precision on GPU: bfloat16; saved in the checkpoint)")
     p.add_argument("--seed", type=seed_int, default=0)
@@ -229,6 +232,7 @@ def cmd_train(args):
                  backbone_weights=args.backbone_weights, dtype=args.dtype).to(args.device)
     res = model.fit(train, recipe=recipe, epochs_recon=args.epochs_recon, epochs_flow=args.epochs_flow,
                     iters_flow=args.iters_flow, calibration_fraction=args.calibration_fraction,
+                    **({"hflip": False, "vflip": False} if args.no_flips else {}),
                     batch_size_recon=args.batch_size, seed=args.seed, out_dir=args.out, resume=args.resume,
                     overwrite=args.overwrite, progress=not args.quiet, distributed=_sharded(args), **val)
     calib = res.get("calibration")

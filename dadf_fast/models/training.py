@@ -52,6 +52,10 @@ class FitConfig:
     # fraction of the normal images held out in stage 2; the flow weights of the epoch with
     # the lowest held-out NLL are kept (0 disables early stopping)
     val_fraction: float = 0.0
+    # train both stages on the images and their mirror images too (the lite recipe: robustness to
+    # normal content the training images show in another orientation, docs/accuracy.md); the
+    # calibration of the score cues and the thresholds see the images as given. epochs_recon
+    # counts passes over the given images: stage 1 takes as many steps with the flips as without
     hflip: bool = False
     vflip: bool = False
     seed: int = 0
@@ -94,7 +98,8 @@ class FitConfig:
             # anomalib FastFlow's optimiser and budget (Adam 1e-3, weight decay 1e-5, batch 8,
             # a fixed number of steps whatever the number of images), gradient-norm clipping
             # (docs/accuracy.md)
-            base = dict(epochs_recon=4, iters_flow=LITE_FLOW_ITERS, batch_size_flow=8, lr_flow=1e-3, grad_clip=1.0)
+            base = dict(epochs_recon=4, iters_flow=LITE_FLOW_ITERS, batch_size_flow=8, lr_flow=1e-3, grad_clip=1.0,
+                        hflip=True, vflip=True)
         overrides = {k: v for k, v in overrides.items() if v is not None}
         if "epochs_flow" in overrides and "iters_flow" not in overrides:
             base.pop("iters_flow", None)  # an explicit epoch count wins over the recipe's steps
@@ -420,7 +425,8 @@ def _fit(model, images, cfg: FitConfig, out_dir, resume: bool, overwrite: bool, 
 
         model.reconstructor.train()
         step = data_parallel(model.reconstructor, recon_loss, size, device)
-        result["loss_recon"] = _train_epochs(params, step, n, cfg.batch_size_recon, cfg.epochs_recon, opt, cfg,
+        epochs_recon = math.ceil(cfg.epochs_recon * normal.shape[0] / n)  # passes over the given images
+        result["loss_recon"] = _train_epochs(params, step, n, cfg.batch_size_recon, epochs_recon, opt, cfg,
                                              1, progress, gen, log, stage1_path, ranks=ranks)
         model.eval()
         result["seconds"]["stage1"] = time.perf_counter() - t0
@@ -435,7 +441,8 @@ def _fit(model, images, cfg: FitConfig, out_dir, resume: bool, overwrite: bool, 
             local, glob = model.reconstructor(f)
             return model.flow_inputs(f, local, glob)
 
-    inputs = cached_map(flow_inputs, n, 16, rank, size, device)
+    features_only = getattr(model, "config", {}).get("flow_input") == "features"  # no reconstruction pass
+    inputs = feats if features_only else cached_map(flow_inputs, n, 16, rank, size, device)
     params = [p for name, p in model.flows.named_parameters() if p.requires_grad
               and (cfg.train_flow_norm or ".norm." not in f".{name}")]
     opt = torch.optim.Adam(params, lr=cfg.lr_flow, weight_decay=cfg.weight_decay_flow)
