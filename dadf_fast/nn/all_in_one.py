@@ -214,11 +214,18 @@ class AllInOneBlock(nn.Module):
             w = torch.mm(w, eye - 2 * torch.outer(v, v) / torch.dot(v, v))
         return w
 
+    def _fusable(self) -> bool:
+        """Whether the fused op computes this block (after :meth:`_sync_permutation`);
+        :meth:`torch_only_reason` says why not."""
+        return self._hard and not self.GIN and not self.householder and self.in_channels >= 2 and self.clamp > 0
+
     def torch_only_reason(self) -> str | None:
         """Why this block runs FrEIA's computation in plain torch rather than the fused op
         (None when it runs the op)."""
         if self._mixing_key() != self._perm_key:
             self._sync_permutation()
+        if self._fusable():
+            return None
         reasons = []
         if self.GIN:
             reasons.append("gin_block=True (GIN centres each sample's log-scales; the fused op does not)")
@@ -304,7 +311,7 @@ class AllInOneBlock(nn.Module):
         rev = bool(rev)
         if self._mixing_key() != self._perm_key:
             self._sync_permutation()
-        if self._hard and not self.GIN and not self.householder and self.in_channels >= 2 and self.clamp > 0:
+        if self._fusable():
             g, b = self._global_affine()
             if self.reverse_pre_permute and not rev:
                 x0 = x0.index_select(1, self.perm_inv)  # FrEIA's pre-permutation: w_perm_inv

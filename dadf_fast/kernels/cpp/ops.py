@@ -195,16 +195,15 @@ def affine_coupling(x, a, g, b, perm, clamp=2.0, a_scale=0.1, reverse=False, com
     Returns ``(y, logdet)``; with ``compute_logdet=False`` (inference: scoring needs only z)
     the log-det reduction is skipped and ``logdet`` is None.
     """
-    if not _needs_autograd(x, a, g, b):
+    args = (x, a, g, b, perm, float(clamp), float(a_scale), bool(reverse), bool(compute_logdet))
+    if _needs_autograd(x, a, g, b):
+        y, logdet = _coupling_fwd(*args)
+    else:
         # no gradient can flow: skip the Python autograd kernel the op's formula is registered
         # as (it would only redispatch); on CFLOW's thousands of small calls that layer costs
-        # a sizeable part of the op's time (as does the overload packet: the overload is called)
+        # a sizeable part of the op's time (as does resolving the overload packet on each call)
         with torch._C._AutoDispatchBelowAutograd():
-            y, logdet = _coupling_fwd(x, a, g, b, perm, float(clamp), float(a_scale), bool(reverse),
-                                      bool(compute_logdet))
-    else:
-        y, logdet = _ops.affine_coupling_fwd(x, a, g, b, perm, float(clamp), float(a_scale), bool(reverse),
-                                             bool(compute_logdet))
+            y, logdet = _coupling_fwd(*args)
     return y, (logdet if compute_logdet else None)
 
 
