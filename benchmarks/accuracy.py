@@ -6,6 +6,7 @@ FastFlow on MVTec-layout data built from photographs the demo does NOT use.
     python benchmarks/accuracy.py --categories coins --methods dadf --epochs-recon 1 --epochs-flow 1
     python benchmarks/accuracy.py --set dev --seeds 0 1 2 --jobs 2 --threads 1
     python benchmarks/accuracy.py --json runs/accuracy/results.json
+    python benchmarks/accuracy.py --merge A/results.json B/results.json   # seeds run apart, one report
 
 Categories come from a named set (``--set``): ``old`` is the original four scikit-image
 photos (``HARNESS_CATEGORIES``); ``dev`` and ``validation`` are
@@ -145,6 +146,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per job (default: torch's; with --jobs N: cores / N)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",
+                   help="train nothing: join the results.json of earlier runs of one set (other seeds or methods "
+                        "run apart) and report them as one run")
     return p
 
 
@@ -394,6 +398,44 @@ def run(args) -> dict:
     return report
 
 
+def merge(paths: list) -> dict:
+    """One report from the ``results.json`` of several runs of the same set (seeds or methods
+    run apart): their runs joined, then summarised as if one run had produced them.  Raises
+    SystemExit when the files mix sets, categories or defect types, hold a (method, category,
+    seed) twice, or leave a method without some seed on some category."""
+    reports = []
+    for path in paths:
+        try:
+            with open(path) as fh:
+                reports.append(json.load(fh))
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"--merge: cannot read {path}: {exc}") from None
+    first = reports[0]
+    for path, r in zip(paths, reports):
+        for key in ("set", "defects"):
+            if r[key] != first[key]:
+                raise SystemExit(f"--merge: {path} has {key} {r[key]!r}, {paths[0]} {first[key]!r}")
+        if sorted(r["categories"]) != sorted(first["categories"]):
+            raise SystemExit(f"--merge: {path} has categories {r['categories']}, {paths[0]} {first['categories']}")
+    runs = {}
+    for path, r in zip(paths, reports):
+        for m, per in r["runs"].items():
+            for c, by_seed in per.items():
+                have = runs.setdefault(m, {}).setdefault(c, {})
+                for s, res in by_seed.items():
+                    if s in have:
+                        raise SystemExit(f"--merge: {m} on {c} at seed {s} is in {path} and an earlier file")
+                    have[s] = res
+    runs = {m: runs[m] for m in METHODS if m in runs}
+    categories, seeds = list(first["categories"]), sorted({int(s) for per in runs.values() for c in per.values()
+                                                            for s in c})
+    missing = [f"{m}/{c}/seed {s}" for m in runs for c in categories for s in seeds if str(s) not in runs[m].get(c, {})]
+    if missing:
+        raise SystemExit(f"--merge: every method needs every seed on every category; missing {', '.join(missing)}")
+    return {"set": first["set"], "categories": categories, "seeds": seeds, "defects": first["defects"],
+            "methods": list(runs), "runs": runs, **summarise(runs, categories, seeds), "merged_from": list(paths)}
+
+
 def _fmt(v, std=None) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "n/a"
@@ -456,6 +498,15 @@ def _epochs(v) -> str:
 
 def main(argv=None) -> int:
     args = _build_parser().parse_args(argv)
+    if args.merge:
+        report = merge(args.merge)
+        print(markdown(report))
+        if args.json:
+            from dadf_fast.utils.io import atomic_write_text
+
+            atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
+            print(f"\nresults written to {args.json}")
+        return 0
     report = run(args)
     print()
     for m, mm in report["mean"].items():

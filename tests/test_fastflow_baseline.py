@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import math
 import os
 import sys
@@ -225,6 +226,39 @@ def test_summary_worst_category_and_bar_check():
     assert bar["pixel_auroc"]["largest_shortfall"] == pytest.approx(0.03)
     assert bar["pixel_auroc"]["shortfall_category"] == "b" and bar["passed"] is False
     assert accuracy.bar_check({"knn": s["results"]["knn"]}) is None
+
+
+def test_merge_joins_runs_apart_and_refuses_gaps(tmp_path):
+    """Seeds and methods run in separate invocations report as one run; a (method, category,
+    seed) twice, a missing one or another set is refused by name."""
+    def report(runs, set_name="dev"):
+        return {"set": set_name, "categories": ["a", "b"], "defects": ["spot"], "runs": runs}
+
+    seed0 = {"dadf": {"a": {"0": _res(0.90, 0.95)}, "b": {"0": _res(0.99, 0.97)}},
+             "knn": {"a": {"0": _res(0.88, 0.96)}, "b": {"0": _res(0.90, 0.90)}}}
+    seed1 = {"dadf": {"a": {"1": _res(0.80, 0.93)}, "b": {"1": _res(0.97, 0.97)}},
+             "knn": {"a": {"1": _res(0.84, 0.96)}, "b": {"1": _res(0.90, 0.90)}}}
+    paths = []
+    for i, runs in enumerate((seed0, seed1, seed1, {"dadf": seed1["dadf"]})):
+        paths.append(str(tmp_path / f"r{i}.json"))
+        with open(paths[-1], "w") as fh:
+            json.dump(report(runs), fh)
+    merged = accuracy.merge(paths[:2])
+    assert merged["seeds"] == [0, 1] and merged["methods"] == ["dadf", "knn"]
+    assert merged["results"]["dadf"]["a"]["image_auroc"] == pytest.approx(0.85)
+    assert merged["results"]["dadf"]["a"]["image_auroc_std"] == pytest.approx(0.05)
+    assert merged["bar"]["image_auroc"]["largest_shortfall"] == pytest.approx(0.01)
+    assert "0.850 ± 0.050" in accuracy.markdown(merged)
+    with pytest.raises(SystemExit, match="dadf on a at seed 1 is in"):
+        accuracy.merge(paths[1:3])
+    with pytest.raises(SystemExit, match="missing knn/a/seed 1, knn/b/seed 1"):
+        accuracy.merge([paths[0], paths[3]])
+    with open(paths[3], "w") as fh:
+        json.dump(report(seed1, "validation"), fh)
+    with pytest.raises(SystemExit, match="has set 'validation'"):
+        accuracy.merge([paths[0], paths[3]])
+    with pytest.raises(SystemExit, match="cannot read"):
+        accuracy.merge([str(tmp_path / "nowhere.json")])
 
 
 def test_harness_options_resolve():
