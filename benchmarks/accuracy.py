@@ -496,18 +496,8 @@ def _epochs(v) -> str:
     return "recipe default" if v is None else str(v)
 
 
-def main(argv=None) -> int:
-    args = _build_parser().parse_args(argv)
-    if args.merge:
-        report = merge(args.merge)
-        print(markdown(report))
-        if args.json:
-            from dadf_fast.utils.io import atomic_write_text
-
-            atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
-            print(f"\nresults written to {args.json}")
-        return 0
-    report = run(args)
+def _print_summary(report: dict) -> None:
+    """A trained run's means and worst categories, and its settings as a markdown comment."""
     print()
     for m, mm in report["mean"].items():
         w = report["worst"][m]
@@ -524,12 +514,21 @@ def main(argv=None) -> int:
           f"{s['flow_norm'] or 'preset'}); kNN coreset ratio {s['coreset_ratio']}; FastFlow {s['fastflow_epochs']} "
           f"epochs; torch {report['machine']['torch']}, {report['machine']['threads']} threads x {s['jobs']} job(s), "
           f"wall {report['wall_seconds']:.0f} s -->")
-    print(markdown(report))
-    from dadf_fast.utils.io import atomic_write_text
 
-    path = args.json or os.path.join(args.out, "results.json")
-    atomic_write_text(path, json.dumps(report, indent=2) + "\n")
-    print(f"\nresults written to {path}")
+
+def main(argv=None) -> int:
+    args = _build_parser().parse_args(argv)
+    if args.merge:  # nothing trained: the merged report goes to --json only when asked
+        report, path = merge(args.merge), args.json
+    else:
+        report, path = run(args), args.json or os.path.join(args.out, "results.json")
+        _print_summary(report)
+    print(markdown(report))
+    if path:
+        from dadf_fast.utils.io import atomic_write_text
+
+        atomic_write_text(path, json.dumps(report, indent=2) + "\n")
+        print(f"\nresults written to {path}")
     return 0
 
 
