@@ -128,6 +128,8 @@ def _build_parser() -> argparse.ArgumentParser:
                         "0 trains on all, as before issue 15)")
     p.add_argument("--flow-norm", default=None, choices=["image", "channel"],
                    help="DADF flow-input norm (default: the lite preset's, channel)")
+    p.add_argument("--no-flips", action="store_true",
+                   help="DADF: train without the mirror images (fit(hflip=False, vflip=False); the recipe's default is with)")
     p.add_argument("--coreset-ratio", type=float, default=1.0, help="kNN memory-bank fraction (default: 1.0)")
     p.add_argument("--fastflow-epochs", type=int, default=75, help="FastFlow epochs (default: 75)")
     p.add_argument("--seed", type=int, default=0, help="data and training seed (default: 0)")
@@ -228,7 +230,8 @@ def _fit(method: str, train, args, seed: int, out_dir: str):
         res = model.fit(train, recipe=args.recipe, epochs_recon=args.epochs_recon, epochs_flow=args.epochs_flow,
                         iters_flow=args.iters_flow,
                         seed=seed, out_dir=out_dir, overwrite=args.overwrite, progress=not args.quiet,
-                        log=lambda *a: None, calibration_fraction=args.calibration_fraction)
+                        log=lambda *a: None, calibration_fraction=args.calibration_fraction,
+                        **({"hflip": False, "vflip": False} if getattr(args, "no_flips", False) else {}))
         info = {"recipe": args.recipe, "epochs_recon": len(res["loss_recon"]), "epochs_flow": len(res["loss_flow"]),
                 "final_loss_flow": res["loss_flow"][-1] if res["loss_flow"] else None}
     elif method == "knn":
