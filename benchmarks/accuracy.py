@@ -231,7 +231,7 @@ def _fit(method: str, train, args, seed: int, out_dir: str):
                         iters_flow=args.iters_flow,
                         seed=seed, out_dir=out_dir, overwrite=args.overwrite, progress=not args.quiet,
                         log=lambda *a: None, calibration_fraction=args.calibration_fraction,
-                        **({"hflip": False, "vflip": False} if getattr(args, "no_flips", False) else {}))
+                        **({"hflip": False, "vflip": False} if args.no_flips else {}))
         info = {"recipe": args.recipe, "epochs_recon": len(res["loss_recon"]), "epochs_flow": len(res["loss_flow"]),
                 "final_loss_flow": res["loss_flow"][-1] if res["loss_flow"] else None}
     elif method == "knn":

@@ -136,11 +136,11 @@ def dump_category(run: str, seed: int, category: str, path: str) -> None:
 
 def combine(d: dict, rule: dict, split: str = "test") -> np.ndarray:
     """Sum over ``rule``'s cues of weight x (map - mean) / spread, calibrated on ``calib_*``."""
+    from dadf_fast.models.cues import calibration
+
     total = 0.0
     for cue, w in rule.items():
-        c = d[f"calib_{cue}"].astype(np.float64)
-        mean = c.mean()
-        spread = max(c.reshape(len(c), -1).max(1).mean() - mean, 1e-12)
+        mean, spread = calibration(torch.from_numpy(d[f"calib_{cue}"].astype(np.float32))[:, None])
         total = total + w * (d[f"{split}_{cue}"].astype(np.float32) - mean) / spread
     return total
 
