@@ -247,12 +247,26 @@ def _fit(method: str, train, args, seed: int, out_dir: str):
     return model, info
 
 
+def make_unit_data(args, seed: int, category: str) -> None:
+    """Write one unit's dataset (``<out>/data/seed<seed>/<category>``); a category whose data
+    cannot be made (e.g. a photo too flat for one of ``--defects``) raises ``SystemExit`` naming
+    it, the seed and the reason."""
+    from dadf_fast.data.synthetic import make_dataset
+
+    try:
+        make_dataset(os.path.join(args.out, "data", f"seed{seed}"), categories=_dataset_spec(category, args.set),
+                     n_train=args.n_train, n_test_good=args.n_test_good, n_test_defect=args.n_test_defect,
+                     image_size=args.image_size, seed=seed, defects=tuple(args.defects))
+    except ValueError as exc:
+        raise SystemExit(f"--categories: no data for {category} at seed {seed}: {exc} (leave the category out, or "
+                         "choose --defects it can hold)") from exc
+
+
 def run_unit(args, seed: int, category: str) -> dict:
     """Data, training and evaluation of every method on one category at one seed:
     ``{method: evaluate's public result + fit_seconds, eval_seconds and training details}``.
     Runs the same way in the main process and in a ``--jobs`` worker."""
     from dadf_fast.data import MVTecAD
-    from dadf_fast.data.synthetic import make_dataset
     from dadf_fast.engine.evaluation import evaluate, public
 
     if args.threads:
@@ -261,9 +275,8 @@ def run_unit(args, seed: int, category: str) -> dict:
     # writes exactly what a run over all categories writes
     root = os.path.join(args.out, "data", f"seed{seed}")
     t0 = time.perf_counter()
-    make_dataset(root, categories=_dataset_spec(category, args.set), n_train=args.n_train,
-                 n_test_good=args.n_test_good, n_test_defect=args.n_test_defect, image_size=args.image_size,
-                 seed=seed, defects=tuple(args.defects))
+    if not getattr(args, "data_made", False):
+        make_unit_data(args, seed, category)
     data_s = time.perf_counter() - t0
     if "fastflow" in args.methods:
         _fastflow_class()  # imports anomalib (seconds) before any fit is timed
@@ -387,6 +400,11 @@ def run(args) -> dict:
     print(f"set {args.set}: {', '.join(args.categories)}; seeds {args.seeds}; defects {', '.join(args.defects)}; "
           f"{args.n_train} train, {args.n_test_good} good + {args.n_test_defect} defective test images each, "
           f"{args.image_size} px; {len(units)} units on {args.jobs} job(s)", flush=True)
+    # every unit's data first, in this process (seconds each): a category that cannot hold the
+    # defects stops the run here, not after the other units have trained for an hour
+    for s, c in units:
+        make_unit_data(args, s, c)
+    args.data_made = True
     outs = _run_units(args, units)
     runs = {m: {c: {} for c in args.categories} for m in args.methods}
     for (s, c), out in zip(units, outs):
@@ -395,7 +413,7 @@ def run(args) -> dict:
     report = {"set": args.set, "categories": list(args.categories), "seeds": list(args.seeds),
               "defects": list(args.defects), "methods": list(args.methods), "runs": runs,
               **summarise(runs, args.categories, args.seeds), "wall_seconds": time.perf_counter() - t0}
-    report["settings"] = {k: v for k, v in vars(args).items() if k not in ("json", "quiet")}
+    report["settings"] = {k: v for k, v in vars(args).items() if k not in ("json", "quiet", "data_made")}
     report["machine"] = {"torch": torch.__version__, "threads": args.threads or torch.get_num_threads(), "jobs": args.jobs,
                          "python": platform.python_version(), "processor": platform.processor() or platform.machine()}
     return report

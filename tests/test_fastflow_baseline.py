@@ -228,6 +228,27 @@ def test_summary_worst_category_and_bar_check():
     assert accuracy.bar_check({"knn": s["results"]["knn"]}) is None
 
 
+def test_every_units_data_is_made_before_any_training(tmp_path, monkeypatch):
+    """A category that cannot hold the defects stops the run by name before any unit trains
+    (it used to surface after every other unit had trained, and took their results with it)."""
+    import dadf_fast.data.synthetic as synthetic
+
+    made = []
+
+    def make_dataset(root, categories, **kw):
+        made.append((categories[0], kw["seed"]))
+        if categories[0] == "coin":
+            raise ValueError("the image has too little detail for this defect")
+
+    monkeypatch.setattr(synthetic, "make_dataset", make_dataset)
+    monkeypatch.setattr(accuracy, "run_unit", lambda *a: pytest.fail("a unit ran before every unit's data was made"))
+    args = accuracy._build_parser().parse_args(["--set", "dev", "--categories", "fabric", "coin", "--seeds", "0", "1",
+                                                "--methods", "knn", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="no data for coin at seed 0: the image has too little detail"):
+        accuracy.run(args)
+    assert made == [("fabric", 0), ("coin", 0)]
+
+
 def test_merge_joins_runs_apart_and_refuses_gaps(tmp_path):
     """Seeds and methods run in separate invocations report as one run; a (method, category,
     seed) twice, a missing one or another set is refused by name."""
