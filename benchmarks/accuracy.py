@@ -274,10 +274,13 @@ def run_unit(args, seed: int, category: str) -> dict:
     # one root per seed; make_dataset draws each category from (seed, name) alone, so a unit
     # writes exactly what a run over all categories writes
     root = os.path.join(args.out, "data", f"seed{seed}")
-    t0 = time.perf_counter()
-    if not getattr(args, "data_made", False):
+    made = getattr(args, "data_seconds", None)  # run() made every unit's data up front
+    if made is None:
+        t0 = time.perf_counter()
         make_unit_data(args, seed, category)
-    data_s = time.perf_counter() - t0
+        data_s = time.perf_counter() - t0
+    else:
+        data_s = made[f"{seed}/{category}"]
     if "fastflow" in args.methods:
         _fastflow_class()  # imports anomalib (seconds) before any fit is timed
     train = MVTecAD(root, category, "train", image_size=args.image_size)
@@ -402,9 +405,12 @@ def run(args) -> dict:
           f"{args.image_size} px; {len(units)} units on {args.jobs} job(s)", flush=True)
     # every unit's data first, in this process (seconds each): a category that cannot hold the
     # defects stops the run here, not after the other units have trained for an hour
+    made = {}
     for s, c in units:
+        t1 = time.perf_counter()
         make_unit_data(args, s, c)
-    args.data_made = True
+        made[f"{s}/{c}"] = time.perf_counter() - t1
+    args.data_seconds = made
     outs = _run_units(args, units)
     runs = {m: {c: {} for c in args.categories} for m in args.methods}
     for (s, c), out in zip(units, outs):
@@ -413,7 +419,7 @@ def run(args) -> dict:
     report = {"set": args.set, "categories": list(args.categories), "seeds": list(args.seeds),
               "defects": list(args.defects), "methods": list(args.methods), "runs": runs,
               **summarise(runs, args.categories, args.seeds), "wall_seconds": time.perf_counter() - t0}
-    report["settings"] = {k: v for k, v in vars(args).items() if k not in ("json", "quiet", "data_made")}
+    report["settings"] = {k: v for k, v in vars(args).items() if k not in ("json", "quiet", "data_seconds")}
     report["machine"] = {"torch": torch.__version__, "threads": args.threads or torch.get_num_threads(), "jobs": args.jobs,
                          "python": platform.python_version(), "processor": platform.processor() or platform.machine()}
     return report
