@@ -320,5 +320,8 @@ def test_jobs_reproduce_the_serial_run(tmp_path, capsys):
                 assert a[k] == b[k], (m, s, k)
     assert serial["mean"]["fastflow"]["pixel_auroc"] == parallel["mean"]["fastflow"]["pixel_auroc"]
     assert serial["runs"]["fastflow"]["coins"]["0"]["steps"] == 1
+    # the data is made once, up front, and each unit reports the time that took
+    assert all(r["runs"]["dadf"]["coins"][s]["data_seconds"] > 0 for r in reports for s in ("0", "1"))
+    assert "data_seconds" not in serial["settings"]
     assert serial["bar"]["baselines"] == ["knn", "fastflow"]
     assert "| coins | FastFlow (anomalib) |" in capsys.readouterr().out
