@@ -263,9 +263,10 @@ def make_unit_data(args, seed: int, category: str) -> None:
 
 
 def run_unit(args, seed: int, category: str) -> dict:
-    """Data, training and evaluation of every method on one category at one seed:
-    ``{method: evaluate's public result + fit_seconds, eval_seconds and training details}``.
-    Runs the same way in the main process and in a ``--jobs`` worker."""
+    """Training and evaluation of every method on one category at one seed, on the data
+    :func:`make_unit_data` wrote: ``{method: evaluate's public result + fit_seconds,
+    eval_seconds, data_seconds and training details}``.  Runs the same way in the main process
+    and in a ``--jobs`` worker."""
     from dadf_fast.data import MVTecAD
     from dadf_fast.engine.evaluation import evaluate, public
 
@@ -274,13 +275,7 @@ def run_unit(args, seed: int, category: str) -> dict:
     # one root per seed; make_dataset draws each category from (seed, name) alone, so a unit
     # writes exactly what a run over all categories writes
     root = os.path.join(args.out, "data", f"seed{seed}")
-    made = getattr(args, "data_seconds", None)  # run() made every unit's data up front
-    if made is None:
-        t0 = time.perf_counter()
-        make_unit_data(args, seed, category)
-        data_s = time.perf_counter() - t0
-    else:
-        data_s = made[f"{seed}/{category}"]
+    data_s = args.data_seconds[f"{seed}/{category}"]  # run() made every unit's data up front
     if "fastflow" in args.methods:
         _fastflow_class()  # imports anomalib (seconds) before any fit is timed
     train = MVTecAD(root, category, "train", image_size=args.image_size)
