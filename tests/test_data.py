@@ -352,6 +352,45 @@ def test_make_dataset_layout_determinism_and_regions(tmp_path):
         syn.make_dataset(tmp_path / "user", **kw)
 
 
+def test_make_dataset_validation_images_come_from_a_third_disjoint_region(tmp_path):
+    kw = dict(categories=["brick", "fabric"], n_train=3, n_test_good=2, n_test_defect=2, image_size=64,
+              defects=["spot"], seed=5)
+    plain = syn.make_dataset(tmp_path / "plain", **kw)
+    root = syn.make_dataset(tmp_path / "val", n_val=3, **kw)
+    assert not (plain / "brick" / "val").exists()
+    for cat in ("brick", "fabric"):
+        assert sorted(p.name for p in (root / cat / "val" / "good").glob("*.png")) == ["000.png", "001.png", "002.png"]
+    meta = json.loads((root / "brick" / "SYNTHETIC.json").read_text())
+    tr, va, te = meta["train_region"], meta["val_region"], meta["test_region"]
+    src = syn.load_source("brick")
+    # brick is 512 x 512: train region 512 rows x 307 columns (60 %), test 205 columns; the
+    # validation band takes the train region's last 205 rows (one crop side)
+    assert te == [0, 307, 512, 512] and tr == [0, 0, 307, 307] and va == [307, 0, 512, 307]
+    assert src.shape[:2] == (512, 512)
+
+    def disjoint(a, b):
+        return a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
+
+    assert disjoint(tr, va) and disjoint(tr, te) and disjoint(va, te)
+    for name, (top, left, bottom, right) in meta["crops"].items():
+        reg = {"train": tr, "val": va, "test": te}[name.split("/")[0]]
+        assert reg[0] <= top < bottom <= reg[2] and reg[1] <= left < right <= reg[3], name
+    # the validation images are drawn from their own stream: the test crops of a procedural
+    # category (no regions) do not change, and the validation images differ from training ones
+    for f in ("test/good/000.png", "test/spot/001.png", "train/good/002.png"):
+        assert np.array_equal(np.asarray(Image.open(plain / "fabric" / f)), np.asarray(Image.open(root / "fabric" / f)))
+    assert not np.array_equal(np.asarray(Image.open(root / "fabric/val/good/000.png")),
+                              np.asarray(Image.open(root / "fabric/train/good/000.png")))
+    # a valid MVTec AD dataset still: the val folder is not a test defect type
+    assert D.MVTecAD(root, "brick", "test", image_size=64).labels == [0, 0, 1, 1]
+
+    for bad in (-1, 1.5):
+        with pytest.raises(ValueError, match="n_val"):
+            syn.make_dataset(tmp_path / "bad", n_val=bad, **kw)
+    with pytest.raises(ValueError, match="too small to give a validation band"):
+        syn.validation_region((0, 0, 300, 200), 160)
+
+
 def test_make_dataset_array_source(tmp_path):
     rng = np.random.default_rng(0)
     arr = rng.integers(0, 255, (200, 300), dtype=np.uint8)   # grayscale array

@@ -178,3 +178,28 @@ def test_evaluate_mvtec_loco_reports_spro(tiny_root, tmp_path):
     maps = model.predict(torch.stack([test[i]["image"] for i in range(len(test))]))["anomaly_map"][:, 0]
     masks = torch.stack([test[i]["mask"][0] for i in range(len(test))]) > 0.5
     assert res["spro"] == pytest.approx(metrics.aupro(maps, masks, fpr_limit=0.05), abs=1e-6)
+
+
+def test_demo_calibrates_on_its_own_validation_images(tmp_path, monkeypatch):
+    """The demo's thresholds come from the validation region's images (crops held out of the
+    training images at random share their pixels), and every training image is trained on."""
+    import dadf_fast.data.synthetic as syn
+    from dadf_fast.cli import demo
+
+    made = {}
+
+    def small(root, categories, seed, n_val):
+        made["n_val"] = n_val
+        return make_dataset(root, categories=categories, n_train=5, n_test_good=2, n_test_defect=2,
+                            image_size=64, seed=seed, defects=["spot"], n_val=n_val)
+
+    monkeypatch.setattr(syn, "make_dataset", small)
+    summary = demo.run_demo(str(tmp_path / "d"), categories=["brick"], epochs_recon=1, epochs_flow=1,
+                            progress=False, log=lambda *a: None)
+    assert made["n_val"] == demo.DEMO_N_VAL == 8
+    model = DADF.load(str(tmp_path / "d" / "brick" / "model.pt"))
+    calib = model.calibration
+    assert calib["method"] == "f1-synthetic" and calib["n_normal"] == 8, calib
+    # nothing held out: the kNN memory holds the patches of all 5 training images
+    assert model.cue_memory.shape[0] == 5 * (model.input_size // 8) ** 2   # one patch per stride-8 cell
+    assert "decisions" in summary["categories"]["brick"]
