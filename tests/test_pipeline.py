@@ -194,6 +194,10 @@ def test_demo_calibrates_on_its_own_validation_images(tmp_path, monkeypatch):
                             image_size=64, seed=seed, defects=["spot"], n_val=n_val)
 
     monkeypatch.setattr(syn, "make_dataset", small)
+    import dadf_fast.models as models
+
+    real = models.DADF
+    monkeypatch.setattr(models, "DADF", lambda preset, **kw: real(preset, depth=1, flow_steps=2, **kw))
     summary = demo.run_demo(str(tmp_path / "d"), categories=["brick"], epochs_recon=1, epochs_flow=1,
                             progress=False, log=lambda *a: None)
     assert made["n_val"] == demo.DEMO_N_VAL == 8
