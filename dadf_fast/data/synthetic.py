@@ -187,7 +187,7 @@ def validation_region(train_box, base: int):
     Why a region of its own: random crops of one photo share pixels, so an image held out of
     the training crops at random is a near-copy of training content and scores far lower
     than a crop of pixels the model never saw (measured on the demo photos: median image
-    score 1.4-1.5 against 3.5-4.6, docs/accuracy.md "Decisions"); thresholds calibrated on
+    score 1.3-1.5 against 3.1-4.6, docs/accuracy.md "Decisions"); thresholds calibrated on
     such images flag every new normal image. Validation crops from their own region are as
     new to the model as the test crops, as the images of distinct parts are on a real line.
     """
