@@ -78,8 +78,7 @@ def run_category(cat: str, args) -> dict:
     if n_val:
         from dadf_fast.data import FolderDataset
 
-        val = FolderDataset(os.path.join(root, cat, "val", "good"), image_size=model.input_size)
-        fit_kw["val_images"] = torch.stack([val[i]["image"] for i in range(len(val))])
+        fit_kw["val_images"] = FolderDataset(os.path.join(root, cat, "val", "good"), image_size=model.input_size)
     t0 = time.perf_counter()
     res = model.fit(train_imgs, recipe="lite", seed=args.seed, progress=False, log=None,
                     calibration_fraction=args.calibration_fraction, **fit_kw)

@@ -64,7 +64,7 @@ def _run(out, categories, seed, device, backend, progress, epochs_recon, epochs_
         val = FolderDataset(os.path.join(data_root, cat, "val", "good"), image_size=model.input_size)
         model.fit(train, recipe="lite", epochs_recon=epochs_recon, epochs_flow=epochs_flow, seed=seed,
                   out_dir=os.path.join(out, cat), overwrite=overwrite, progress=progress, log=lambda *a: None,
-                  val_images=torch.stack([val[i]["image"] for i in range(len(val))]))
+                  val_images=val)
         # the category folder already holds this run's model.pt (the demo's --out was checked above)
         res = evaluate(model, test, out_dir=os.path.join(out, cat), category=cat, overwrite=True)
         res["seconds"] = time.perf_counter() - t0
