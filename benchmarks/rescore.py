@@ -7,12 +7,18 @@ of combining DADF's score cues would have scored, on the same models and images:
 1. ``maps``: per category, the smoothed (sigma 4), uncalibrated cue maps of the test images,
    of the normal images the model was trained on (``fit``'s own hold-out draw, checked
    against the model's kNN memory; the kNN maps leave-one-out, as ``fit`` calibrates) and of
-   the held-out images, saved as ``<maps>/<set>_s<S>_<category>.npz``.  Cues:
+   the held-out images (since the hold-out joined the kNN memory: the kNN maps over all the
+   normal images, leave-one-out, for ``calib_`` and ``held_``), saved as ``<maps>/<set>_s<S>_<category>.npz``.  Cues:
 
    - ``flow`` (the model's flow cue), ``flow0/1/2`` (each scale's ``1 - exp(-0.5 mean_c z^2)``);
    - ``recon`` (the reconstruction error), ``knn`` (the model's patch distance);
    - ``knn4``: the patch distance on an embedding that adds the stride-4 features (2x2 then
      3x3 average-pooled onto the stride-8 grid; 24 + 152 dims), memory from the same images.
+
+   ``knnall`` (for models trained before the hold-out joined the kNN memory): adds
+   ``<maps>/<set>_s<S>_<category>_knnall.npz``, the kNN maps against the memory of every
+   normal image (trained and held out; ``calib_knnall`` leave-one-out over all of them), what
+   ``fit`` has done since 2026-12-03; ``score`` reads it beside the maps (rule ``knnall``).
 
 2. ``score``: every rule of ``--rules`` (a cue -> weight dict; each cue calibrated as
    :mod:`dadf_fast.models.cues` does: minus its mean on the training images, divided by their
@@ -43,6 +49,7 @@ RULES = {
     "knn0.75": {"flow": 1.0, "recon": 0.25, "knn": 0.75},
     "knn1.5": {"flow": 1.0, "recon": 0.25, "knn": 1.5},
     "knn4": {"flow": 1.0, "recon": 0.25, "knn4": 1.0},
+    "knnall": {"flow": 1.0, "recon": 0.25, "knnall": 1.0},     # the hold-out in the kNN memory (default since)
     "knn4_0.5": {"flow": 1.0, "recon": 0.25, "knn4": 0.5},
     "flow": {"flow": 1.0},
     "knn": {"knn": 1.0},
@@ -119,19 +126,57 @@ def dump_category(run: str, seed: int, category: str, path: str) -> None:
     train = MVTecAD(root, category, "train")
     images = torch.stack([train[i]["image"] for i in range(len(train))])
     trained, held = _hold_out(images, FitConfig(seed=seed), 2, lambda *a: None)
+    n, held_maps = trained.shape[0], {}
     calib, emb, emb4 = _maps(model, trained)
+    if held is not None and model.cue_memory.shape[0] > n * emb.shape[-2:].numel():
+        # models since 2026-12-03 (cues.fit_calibration): the held-out images joined the kNN memory
+        # and its leave-one-out calibration; the other cues are calibrated on the trained images
+        both, emb, emb4 = _maps(model, torch.cat((trained, held)))
+        calib = {k: (v if k.startswith("knn") else v[:n]) for k, v in both.items()}
+        held_maps = {k: v[n:] for k, v in both.items()}  # kNN: each without its own patches
     memory, memory4 = cues.flatten_patches(emb), cues.flatten_patches(emb4)
     if model.cue_memory.shape != memory.shape or (model.cue_memory - memory).abs().max() > 1e-3:
         raise RuntimeError(f"{category}: the model's kNN memory is not that of the re-drawn training images "
                            "(another calibration_fraction or seed than fit's defaults?)")
     test_maps = _maps(model, batch["image"], memory, memory4)[0]
-    held_maps = {} if held is None else _maps(model, held, memory, memory4)[0]
+    if held is not None and not held_maps:
+        held_maps = _maps(model, held, memory, memory4)[0]
     np.savez_compressed(
         path, labels=np.asarray(batch["label"]), masks=(batch["mask"][:, 0].float() > 0.5).numpy(),
         defects=np.array(list(batch["defect"])),
         **{f"test_{k}": v.numpy().astype(np.float16) for k, v in test_maps.items()},
         **{f"calib_{k}": v.numpy().astype(np.float16) for k, v in calib.items()},
         **{f"held_{k}": v.numpy().astype(np.float16) for k, v in held_maps.items()})
+
+
+def dump_knn_all(run: str, seed: int, category: str, path: str) -> None:
+    """Write ``test_knnall`` / ``calib_knnall`` (module docstring) of one category to ``path``."""
+    from torch.utils.data import DataLoader
+
+    from dadf_fast import DADF
+    from dadf_fast.data import MVTecAD, collate
+    from dadf_fast.models import cues
+    from dadf_fast.models.inputs import model_input
+    from dadf_fast.models.postprocess import gaussian_smooth
+
+    torch.set_num_threads(1)
+    root = os.path.join(run, "data", f"seed{seed}")
+    model = DADF.load(os.path.join(run, "dadf", f"seed{seed}", category, "model.pt"), backend="torch").eval()
+    test = MVTecAD(root, category, "test")
+    batch = next(iter(DataLoader(test, batch_size=len(test), collate_fn=collate)))
+    train = MVTecAD(root, category, "train")
+    images = torch.stack([train[i]["image"] for i in range(len(train))])
+
+    def emb(x):
+        with torch.no_grad():
+            return torch.cat([cues.patch_embedding(model.features(model_input(c, model.backbone)))
+                              for c in torch.split(x, 8)])
+
+    e_train, size = emb(images), model.input_size
+    test_map = cues.knn_map(emb(batch["image"]), cues.flatten_patches(e_train), size, backend="torch")
+    calib = cues.knn_leave_one_out(e_train, size)
+    smooth = lambda m: gaussian_smooth(m.float(), SIGMA)[:, 0].numpy().astype(np.float16)  # noqa: E731
+    np.savez_compressed(path, test_knnall=smooth(test_map), calib_knnall=smooth(calib))
 
 
 def combine(d: dict, rule: dict, split: str = "test") -> np.ndarray:
@@ -164,14 +209,14 @@ def _maps_path(maps: str, name: str, seed: int, category: str) -> str:
 
 def cmd_maps(args) -> int:
     os.makedirs(args.maps, exist_ok=True)
-    todo = [c for c in (args.categories or _sets()[args.set])
-            if not os.path.exists(_maps_path(args.maps, args.set, args.seed, c))]
+    suffix = "_knnall.npz" if args.cmd == "knnall" else ".npz"
+    target = lambda c: _maps_path(args.maps, args.set, args.seed, c).replace(".npz", suffix)  # noqa: E731
+    todo = [c for c in (args.categories or _sets()[args.set]) if not os.path.exists(target(c))]
     procs, failed = [], []
     for cat in todo:
         while len(procs) >= args.jobs:
             procs = _reap(procs, failed)
-        cmd = [sys.executable, __file__, "_one", args.run, str(args.seed), cat,
-               _maps_path(args.maps, args.set, args.seed, cat)]
+        cmd = [sys.executable, __file__, "_" + args.cmd, args.run, str(args.seed), cat, target(cat)]
         procs.append((cat, subprocess.Popen(cmd)))
     while procs:
         procs = _reap(procs, failed)
@@ -216,7 +261,10 @@ def cmd_score(args) -> int:
     res = {}
     for seed in args.seeds:
         for cat in cats:
-            d = dict(np.load(_maps_path(args.maps, args.set, seed, cat)))
+            path = _maps_path(args.maps, args.set, seed, cat)
+            d = dict(np.load(path))
+            if os.path.exists(path.replace(".npz", "_knnall.npz")):
+                d.update(np.load(path.replace(".npz", "_knnall.npz")))
             for name, rule in rules.items():
                 res[(name, seed, cat)] = evaluate(d, combine(d, rule))
 
@@ -255,25 +303,27 @@ def cmd_score(args) -> int:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["_one"]:
-        dump_category(argv[1], int(argv[2]), argv[3], argv[4])
+    if argv[:1] in (["_maps"], ["_knnall"]):
+        (dump_category if argv[0] == "_maps" else dump_knn_all)(argv[1], int(argv[2]), argv[3], argv[4])
         return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("maps", help="write the cue maps of accuracy.py's trained DADF models")
-    m.add_argument("--run", required=True, help="accuracy.py's --out of the run")
-    m.add_argument("--seed", type=int, required=True)
+    k = sub.add_parser("knnall", help="add the kNN maps with every normal image in the memory")
+    for q in (m, k):
+        q.add_argument("--run", required=True, help="accuracy.py's --out of the run")
+        q.add_argument("--seed", type=int, required=True)
+        q.add_argument("--jobs", type=int, default=1)
     s = sub.add_parser("score", help="score rules from the saved maps")
     s.add_argument("--seeds", type=int, nargs="+", required=True)
     s.add_argument("--rules", nargs="+", default=["default"], choices=sorted(RULES))
     s.add_argument("--results", nargs="*", help="accuracy.py results.json files holding the baselines")
-    for q in (m, s):
+    for q in (m, k, s):
         q.add_argument("--set", choices=("dev", "validation"), required=True)
         q.add_argument("--categories", nargs="+", default=None)
         q.add_argument("--maps", required=True, help="folder of the maps")
-    m.add_argument("--jobs", type=int, default=1)
     args = p.parse_args(argv)
-    return cmd_maps(args) if args.cmd == "maps" else cmd_score(args)
+    return cmd_score(args) if args.cmd == "score" else cmd_maps(args)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,14 @@ peaks near 1 in every cue, whatever the cue's units, and the combined map is the
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
 from dadf_fast import ops
+from dadf_fast.models import thresholds
+from dadf_fast.models.inputs import model_input
 from dadf_fast.models.postprocess import gaussian_smooth
 from dadf_fast.reference.nearest_distances import nearest_distances
 from dadf_fast.utils.checks import check_number
@@ -133,11 +137,17 @@ def cue_maps(model, zs, feats, local, glob, sigma, knn_maps=None) -> dict:
 
 
 @torch.no_grad()
-def calibrate(model, images: torch.Tensor, batch_size: int = 16) -> dict:
+def calibrate(model, images: torch.Tensor, batch_size: int = 16, held_out: torch.Tensor | None = None) -> dict:
     """Fill ``model``'s kNN memory with the patches of the normal ``images`` (model-ready
     ``[N, 3, S, S]``) and set each cue's ``(mean, spread)`` (:func:`calibration`) from its maps
     on them; the kNN cue scores each image against the other images' patches.  Returns
-    ``{cue: (mean, spread)}`` (empty for the flow cue alone)."""
+    ``{cue: (mean, spread)}`` (empty for the flow cue alone).
+
+    ``held_out [M, 3, S, S]``: normal images the flows did not train on (``fit``'s hold-out for
+    the decision thresholds).  The kNN cue needs no training, so their patches join the memory
+    (rows after ``images``'s, in order) and the kNN cue's leave-one-out calibration: a model
+    trained on 32 of 40 images searches all 40, like a kNN detector given the 40.  The other
+    cues are calibrated on ``images`` only.  Score them with :func:`predict_leaving_self_out`."""
     if model.config["score_cues"] == ["flow"]:
         return {}
     was_training = model.training
@@ -149,20 +159,25 @@ def calibrate(model, images: torch.Tensor, batch_size: int = 16) -> dict:
                 feats = model.features(chunk)
                 local, glob = model.reconstruct(feats)
                 parts.append((feats, local, glob, model.latents(feats, local, glob)))
+            extra = [] if held_out is None or "knn" not in model.config["score_cues"] else \
+                [patch_embedding(model.features(c)) for c in torch.split(held_out, batch_size)]
         knn = None
         if "knn" in model.config["score_cues"]:
-            emb = torch.cat([patch_embedding(p[0]) for p in parts])
+            emb = torch.cat([patch_embedding(p[0]) for p in parts] + extra)
             model.cue_memory = flatten_patches(emb).contiguous()
             knn = knn_leave_one_out(emb, model.input_size)
-        maps, start = {}, 0
+        maps, start, sigma = {}, 0, model.config["smooth_sigma"]
         with autocast_off(images.device):
             for feats, local, glob, zs in parts:
                 n = feats[0].shape[0]
-                got = cue_maps(model, zs, feats, local, glob, model.config["smooth_sigma"],
+                got = cue_maps(model, zs, feats, local, glob, sigma,
                                knn_maps=None if knn is None else knn[start:start + n])
                 for cue, m in got.items():
                     maps.setdefault(cue, []).append(m)
                 start += n
+            if knn is not None and start < knn.shape[0]:  # the held-out images' leave-one-out maps
+                tail = knn[start:].float()
+                maps["knn"].append(gaussian_smooth(tail, sigma) if sigma else tail)
         stats = {cue: calibration(torch.cat(m)) for cue, m in maps.items()}
         for i, (mean, spread) in enumerate(stats.values()):
             model.cue_mean[i], model.cue_spread[i] = mean, spread
@@ -171,5 +186,60 @@ def calibrate(model, images: torch.Tensor, batch_size: int = 16) -> dict:
     return stats
 
 
+@torch.no_grad()
+def predict_leaving_self_out(model, images: torch.Tensor, sources, n_held: int, batch_size: int = 8):
+    """``(score [B], anomaly_map [B, 1, S, S])`` (float32, CPU) of ``model.predict`` on
+    ``images [B, 3, S, S]``, the kNN cue of each image searching the memory without the
+    patches of held-out image ``sources[b]``: the memory's last ``n_held`` images are the
+    held-out ones (:func:`calibrate`'s ``held_out``), and ``images[b]`` is, or is a defective
+    copy of, held-out image ``sources[b]``.  Each is then scored as a test image is: against
+    every normal image but itself (a copy found in the memory would score 0 where it is
+    intact)."""
+    sources = torch.as_tensor(sources).flatten()
+    if "knn" not in model.config["score_cues"] or n_held == 0:
+        out = model.predict(images, batch_size=batch_size)
+        return out["score"].float().cpu(), out["anomaly_map"].float().cpu()
+    full = model.cue_memory
+    with model.autocast(images.device.type):
+        per_image = patch_embedding(model.features(model_input(images[:1], model.backbone))).shape[-2:].numel()
+    first = full.shape[0] - n_held * per_image
+    if first < per_image or sources.numel() != images.shape[0] or not bool(((sources >= 0) & (sources < n_held)).all()):
+        raise ValueError(f"sources must give, for each of the {images.shape[0]} images, which of the memory's last "
+                         f"{n_held} images it comes from (the memory holds {full.shape[0] // per_image})")
+    scores = torch.empty(images.shape[0])
+    maps = torch.empty(images.shape[0], 1, *images.shape[-2:])
+    try:
+        for src in sources.unique().tolist():
+            rows = slice(first + src * per_image, first + (src + 1) * per_image)
+            model.cue_memory = torch.cat((full[:rows.start], full[rows.stop:]))
+            idx = (sources == src).nonzero().flatten()
+            out = model.predict(images[idx.to(images.device)], batch_size=batch_size)
+            scores[idx], maps[idx] = out["score"].float().cpu(), out["anomaly_map"].float().cpu()
+    finally:
+        model.cue_memory = full
+    return scores, maps
+
+
+def fit_calibration(model, normal: torch.Tensor, val, held_out: bool, seed: int, log) -> None:
+    """``fit``'s last step: calibrate the cues on the ``normal`` training images, then the
+    thresholds on ``val = (images, labels, masks)`` (None: no thresholds).  ``held_out``: ``val``
+    is fit's own hold-out of normal images; they join the kNN memory (the kNN cue needs no
+    training) and each is scored without its own patches for the thresholds."""
+    device = normal.device
+    model.calibrate_cues(normal, held_out=val[0].to(device) if held_out else None)
+    if val is None:
+        return
+    images, labels, masks = val
+    images = images.to(device, normal.dtype)
+    if not held_out:
+        model.calibrate(images, labels, masks, seed=seed, log=log)
+        return
+    model.check_images(images)
+    model.calibration = None  # the thresholds are chosen on the raw scores
+    model.calibration = thresholds.calibrate_thresholds(
+        model, images, seed=seed, log=log,
+        predict=functools.partial(predict_leaving_self_out, model, n_held=images.shape[0]))
+
+
 __all__ = ["CUES", "cue_maps", "calibrate", "check_cues", "check_weights", "nearest_distances", "recon_error_map", "patch_embedding", "flatten_patches", "knn_map",
-           "knn_leave_one_out", "calibration"]
+           "knn_leave_one_out", "calibration", "predict_leaving_self_out", "fit_calibration"]

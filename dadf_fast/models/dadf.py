@@ -279,11 +279,11 @@ class DADF(nn.Module):
         (:func:`dadf_fast.models.cues.cue_maps`)."""
         return cue_maps.cue_maps(self, zs, feats, local, glob, sigma)
 
-    def calibrate_cues(self, images, batch_size: int = 16) -> dict:
+    def calibrate_cues(self, images, batch_size: int = 16, held_out=None) -> dict:
         """Fill the kNN cue's memory with the patches of the normal ``images`` (model-ready
-        ``[N, 3, S, S]``) and calibrate every cue on them (:func:`dadf_fast.models.cues.calibrate`).
-        A no-op with the flow cue alone.  Returns ``{cue: (mean, spread)}``."""
-        return cue_maps.calibrate(self, images, batch_size)
+        ``[N, 3, S, S]``; and ``held_out``'s) and calibrate every cue on them
+        (:func:`dadf_fast.models.cues.calibrate`).  Returns ``{cue: (mean, spread)}``."""
+        return cue_maps.calibrate(self, images, batch_size, held_out=held_out)
 
     def calibrate(self, images, labels=None, masks=None, batch_size: int = 8, seed: int = 0, log=print) -> dict:
         """Set the image and pixel thresholds (and the score normalisation) from calibration

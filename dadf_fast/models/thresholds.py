@@ -124,19 +124,21 @@ def binary_counts(pred, target) -> dict:
     return {"f1": f1, "precision": precision, "recall": recall}
 
 
-def synthetic_defects(images: torch.Tensor, seed: int = 0, per_image: int = SYNTHETIC_PER_IMAGE):
+def synthetic_defects(images: torch.Tensor, seed: int = 0, per_image: int = SYNTHETIC_PER_IMAGE,
+                      return_sources: bool = False):
     """Defective copies of normal model-ready ``images [N, 3, S, S]`` (ImageNet-normalised):
     ``(defective [M, 3, S, S], masks [M, S, S] bool)``, ``per_image`` per image, the types of
     :data:`SYNTHETIC_DEFECTS` in turn (``patch`` material from a bundled photo).  An image too
-    flat for a type gets the next type instead."""
+    flat for a type gets the next type instead.  ``return_sources``: also ``sources [M]``, the
+    index of the image each copy was made from."""
     from dadf_fast.data.defects import make_defect
     from dadf_fast.data.synthetic import load_source
     from dadf_fast.data.transforms import denormalize, normalize
 
     rng = np.random.default_rng(seed + 12345)
     foreign = load_source("chelsea")
-    out, masks, k = [], [], 0
-    for img in images:
+    out, masks, sources, k = [], [], [], 0
+    for i, img in enumerate(images):
         clean = denormalize(img.detach().float().cpu())
         for _ in range(per_image):
             for _attempt in range(len(SYNTHETIC_DEFECTS)):
@@ -151,16 +153,20 @@ def synthetic_defects(images: torch.Tensor, seed: int = 0, per_image: int = SYNT
                 continue
             out.append(normalize(torch.from_numpy(bad).permute(2, 0, 1).float() / 255))
             masks.append(torch.from_numpy(mask))
-    return torch.stack(out).to(images.device, images.dtype), torch.stack(masks)
+            sources.append(i)
+    got = torch.stack(out).to(images.device, images.dtype), torch.stack(masks)
+    return (*got, torch.tensor(sources)) if return_sources else got
 
 
-def _predict(model, images, batch_size):
-    out = model.predict(images, batch_size=batch_size)
-    return out["score"].detach().float().cpu(), out["anomaly_map"].detach().float().cpu()
+def _model_predict(model, batch_size):
+    def predict(images, sources):
+        out = model.predict(images, batch_size=batch_size)
+        return out["score"].detach().float().cpu(), out["anomaly_map"].detach().float().cpu()
+    return predict
 
 
 def calibrate_thresholds(model, images: torch.Tensor, labels=None, masks=None, seed: int = 0,
-                         batch_size: int = 8, log=None) -> dict:
+                         batch_size: int = 8, log=None, predict=None) -> dict:
     """Choose the image and pixel thresholds of ``model`` (anything with ``predict`` returning
     ``anomaly_map [B,1,S,S]`` and ``score [B]``) on calibration ``images [N, 3, S, S]``
     (model-ready, on the model's device), following the module's rules.
@@ -170,10 +176,16 @@ def calibrate_thresholds(model, images: torch.Tensor, labels=None, masks=None, s
         masks: ``[N, S, S]`` (or ``[N, 1, S, S]``) ground truth of the anomalous images; None:
             no pixel ground truth.
         seed: the synthetic defects' seed.
+        predict: ``(images [M, 3, S, S], sources [M]) -> (score [M], anomaly_map [M, 1, S, S])``
+            (float32, CPU), where ``sources[m]`` is the calibration image that ``images[m]`` is or
+            was made from; None: ``model.predict``.  (``fit`` scores its held-out images, whose
+            patches are in the kNN memory, each without its own patches:
+            :func:`dadf_fast.models.cues.predict_leaving_self_out`.)
     Returns the calibration dict (:data:`_ENTRIES`); ``log`` receives one line saying which
     method was used and, for a fallback, why.
     """
     log = log or (lambda *_: None)
+    predict = predict or _model_predict(model, batch_size)
     n = int(images.shape[0]) if isinstance(images, torch.Tensor) and images.dim() == 4 else 0
     if n == 0:
         raise ValueError("calibration needs at least one image [N, 3, S, S], got none")
@@ -193,7 +205,7 @@ def calibrate_thresholds(model, images: torch.Tensor, labels=None, masks=None, s
     note = ""
     if n_anom and n_normal >= MIN_F1_IMAGES:
         method = "f1"
-        scores, maps = _predict(model, images, batch_size)
+        scores, maps = predict(images, torch.arange(n))
         if masks is None:
             note = "no pixel ground truth: the pixel threshold is the image threshold"
     elif n_normal >= MIN_F1_IMAGES:
@@ -201,8 +213,9 @@ def calibrate_thresholds(model, images: torch.Tensor, labels=None, masks=None, s
         if n_anom:
             note = f"{n_anom} labelled anomalous image(s) set aside: F1 needs {MIN_F1_IMAGES} normal ones"
         normal = images[~labels.to(images.device)]
-        defective, dmasks = synthetic_defects(normal, seed=seed)
-        scores, maps = _predict(model, torch.cat((normal, defective)), batch_size)
+        defective, dmasks, sources = synthetic_defects(normal, seed=seed, return_sources=True)
+        sources = torch.cat((torch.nonzero(~labels).flatten(), torch.nonzero(~labels).flatten()[sources]))
+        scores, maps = predict(torch.cat((normal, defective)), sources)
         labels = torch.cat((torch.zeros(n_normal, dtype=torch.bool), torch.ones(len(defective), dtype=torch.bool)))
         masks = torch.cat((torch.zeros(n_normal, dmasks[0].numel(), dtype=torch.bool), dmasks.reshape(len(dmasks), -1)))
         n_anom = len(defective)
@@ -212,7 +225,7 @@ def calibrate_thresholds(model, images: torch.Tensor, labels=None, masks=None, s
             raise ValueError("calibration needs normal images (label 0): all images are labelled anomalous")
         note = (f"{n_normal} normal image(s): fewer than the {MIN_F1_IMAGES} an F1 threshold needs; "
                 f"thresholds at the normal scores' {NORMAL_QUANTILE} quantile")
-        scores, maps = _predict(model, images, batch_size)
+        scores, maps = predict(images, torch.arange(n))
     if method == "normal-quantile":
         image_thr = float(torch.quantile(scores[~labels].double(), NORMAL_QUANTILE))
         pixel_thr = image_thr

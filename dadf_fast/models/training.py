@@ -358,6 +358,7 @@ def _resume_all_ranks(model, run, stage1_path, final_path, out_dir, result, log,
 
 def _fit(model, images, cfg: FitConfig, out_dir, resume: bool, overwrite: bool, device, progress, log,
          val=None, ranks=(0, 1)) -> dict:
+    from dadf_fast.models.cues import fit_calibration
     from dadf_fast.models.parallel import cached_map, data_parallel, share_state
     from dadf_fast.utils.distributed import all_ranks
 
@@ -395,6 +396,7 @@ def _fit(model, images, cfg: FitConfig, out_dir, resume: bool, overwrite: bool, 
 
     if hasattr(model, "calibration"):
         model.calibration = None  # thresholds of earlier weights never pass for this run's
+    held = None
     if val is None and hasattr(model, "calibrate_cues"):
         min_train = 2 if "knn" in model.config.get("score_cues", ()) else 1
         images, held = _hold_out(images, cfg, min_train, log)
@@ -479,7 +481,7 @@ def _fit(model, images, cfg: FitConfig, out_dir, resume: bool, overwrite: bool, 
         t0 = time.perf_counter()
         def calibrate():  # rank 0 calibrates, the other ranks receive its result
             if writer:
-                _calibrate(model, normal, val, device, images.dtype, cfg, log)
+                fit_calibration(model, normal.to(device), val, held is not None, cfg.seed, log)
 
         all_ranks(calibrate, "calibrating") if size > 1 else calibrate()
         share_state(model, rank, size)
@@ -488,13 +490,6 @@ def _fit(model, images, cfg: FitConfig, out_dir, resume: bool, overwrite: bool, 
     if final_path and writer:
         model.save(final_path, extra={"stage_done": 2, "run": run})
     return result
-
-
-def _calibrate(model, normal, val, device, dtype, cfg: FitConfig, log) -> None:
-    model.calibrate_cues(normal.to(device))
-    if val is not None:
-        vimg, vlab, vmask = val
-        model.calibrate(vimg.to(device, dtype), vlab, vmask, seed=cfg.seed, log=log)
 
 
 __all__ = ["FitConfig", "fit", "TrainingDiverged", "RECIPES", "CHECKPOINT_NAMES", "clear_checkpoints"]

@@ -163,7 +163,7 @@ def test_dadf_predict_checkpoint_and_fit_hold_out(tmp_path):
     assert again["calibration"] == res["calibration"] and again["resumed_from"].endswith("model.pt")
     # 20 % of 10 held out: 2 normal images, the documented fallback
     assert res["calibration"]["method"] == "normal-quantile" and res["calibration"]["n_normal"] == 2
-    assert m.cue_memory.shape[0] == 8 * 8 * 8  # the 8 training images' patches only (stride-8 grid of 64 px)
+    assert m.cue_memory.shape[0] == 10 * 8 * 8  # the 8 training images' patches, then the 2 held out (64 px: 8x8)
     out = m.predict(x[:3])
     assert set(out) == {"anomaly_map", "score", "pred_score", "pred_label", "pred_mask"}
     assert torch.equal(out["pred_label"], out["score"] >= m.calibration["image_threshold"])
