@@ -109,14 +109,12 @@ def _maps(model, images, memory=None, memory4=None) -> tuple[dict, torch.Tensor,
     return {k: gaussian_smooth(v.float(), SIGMA)[:, 0] for k, v in out.items()}, emb, emb4
 
 
-def dump_category(run: str, seed: int, category: str, path: str) -> None:
-    """Write one category's cue maps (module docstring) to ``path`` (npz, float16 maps)."""
+def _load(run: str, seed: int, category: str):
+    """``(model, test batch, training images [40, 3, S, S])`` of one unit of an accuracy.py run."""
     from torch.utils.data import DataLoader
 
     from dadf_fast import DADF
     from dadf_fast.data import MVTecAD, collate
-    from dadf_fast.models import cues
-    from dadf_fast.models.training import FitConfig, _hold_out
 
     torch.set_num_threads(1)
     root = os.path.join(run, "data", f"seed{seed}")
@@ -124,7 +122,15 @@ def dump_category(run: str, seed: int, category: str, path: str) -> None:
     test = MVTecAD(root, category, "test")
     batch = next(iter(DataLoader(test, batch_size=len(test), collate_fn=collate)))
     train = MVTecAD(root, category, "train")
-    images = torch.stack([train[i]["image"] for i in range(len(train))])
+    return model, batch, torch.stack([train[i]["image"] for i in range(len(train))])
+
+
+def dump_category(run: str, seed: int, category: str, path: str) -> None:
+    """Write one category's cue maps (module docstring) to ``path`` (npz, float16 maps)."""
+    from dadf_fast.models import cues
+    from dadf_fast.models.training import FitConfig, _hold_out
+
+    model, batch, images = _load(run, seed, category)
     trained, held = _hold_out(images, FitConfig(seed=seed), 2, lambda *a: None)
     n, held_maps = trained.shape[0], {}
     calib, emb, emb4 = _maps(model, trained)
@@ -151,21 +157,11 @@ def dump_category(run: str, seed: int, category: str, path: str) -> None:
 
 def dump_knn_all(run: str, seed: int, category: str, path: str) -> None:
     """Write ``test_knnall`` / ``calib_knnall`` (module docstring) of one category to ``path``."""
-    from torch.utils.data import DataLoader
-
-    from dadf_fast import DADF
-    from dadf_fast.data import MVTecAD, collate
     from dadf_fast.models import cues
     from dadf_fast.models.inputs import model_input
     from dadf_fast.models.postprocess import gaussian_smooth
 
-    torch.set_num_threads(1)
-    root = os.path.join(run, "data", f"seed{seed}")
-    model = DADF.load(os.path.join(run, "dadf", f"seed{seed}", category, "model.pt"), backend="torch").eval()
-    test = MVTecAD(root, category, "test")
-    batch = next(iter(DataLoader(test, batch_size=len(test), collate_fn=collate)))
-    train = MVTecAD(root, category, "train")
-    images = torch.stack([train[i]["image"] for i in range(len(train))])
+    model, batch, images = _load(run, seed, category)
 
     def emb(x):
         with torch.no_grad():
