@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 
 from dadf_fast import ops
-from dadf_fast.models import thresholds
 from dadf_fast.models.inputs import model_input
 from dadf_fast.models.postprocess import gaussian_smooth
 from dadf_fast.reference.nearest_distances import nearest_distances
@@ -225,20 +224,11 @@ def fit_calibration(model, normal: torch.Tensor, val, held_out: bool, seed: int,
     thresholds on ``val = (images, labels, masks)`` (None: no thresholds).  ``held_out``: ``val``
     is fit's own hold-out of normal images; they join the kNN memory (the kNN cue needs no
     training) and each is scored without its own patches for the thresholds."""
-    device = normal.device
-    model.calibrate_cues(normal, held_out=val[0].to(device) if held_out else None)
-    if val is None:
-        return
-    images, labels, masks = val
-    images = images.to(device, normal.dtype)
-    if not held_out:
-        model.calibrate(images, labels, masks, seed=seed, log=log)
-        return
-    model.check_images(images)
-    model.calibration = None  # the thresholds are chosen on the raw scores
-    model.calibration = thresholds.calibrate_thresholds(
-        model, images, seed=seed, log=log,
-        predict=functools.partial(predict_leaving_self_out, model, n_held=images.shape[0]))
+    model.calibrate_cues(normal, held_out=val[0].to(normal.device) if held_out else None)
+    if val is not None:
+        images, labels, masks = val
+        predict = functools.partial(predict_leaving_self_out, model, n_held=images.shape[0]) if held_out else None
+        model.calibrate(images.to(normal.device, normal.dtype), labels, masks, seed=seed, log=log, predict=predict)
 
 
 __all__ = ["CUES", "cue_maps", "calibrate", "check_cues", "check_weights", "nearest_distances", "recon_error_map", "patch_embedding", "flatten_patches", "knn_map",

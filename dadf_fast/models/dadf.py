@@ -285,16 +285,17 @@ class DADF(nn.Module):
         (:func:`dadf_fast.models.cues.calibrate`).  Returns ``{cue: (mean, spread)}``."""
         return cue_maps.calibrate(self, images, batch_size, held_out=held_out)
 
-    def calibrate(self, images, labels=None, masks=None, batch_size: int = 8, seed: int = 0, log=print) -> dict:
+    def calibrate(self, images, labels=None, masks=None, batch_size: int = 8, seed: int = 0, log=print,
+                  predict=None) -> dict:
         """Set the image and pixel thresholds (and the score normalisation) from calibration
         ``images [N, 3, S, S]`` (model-ready, on the model's device), ``labels [N]`` (0/1;
-        None: all normal) and ``masks [N, S, S]``, by the rules of
-        :mod:`dadf_fast.models.thresholds`; :meth:`predict` then adds ``pred_score``,
-        ``pred_label`` and ``pred_mask``, and :meth:`save` stores them.  Returns the calibration."""
+        None: all normal) and ``masks [N, S, S]``, by the rules of :mod:`dadf_fast.models.thresholds`
+        (``predict``: how they are scored, as in ``calibrate_thresholds``); :meth:`predict` then
+        adds ``pred_score``, ``pred_label``, ``pred_mask``; :meth:`save` stores them.  Returns it."""
         self.check_images(images)
         self.calibration = None  # the thresholds are chosen on the raw scores
         self.calibration = thresholds.calibrate_thresholds(self, images, labels, masks, seed=seed,
-                                                           batch_size=batch_size, log=log)
+                                                           batch_size=batch_size, log=log, predict=predict)
         return self.calibration
 
     def infer(self, images, smooth_sigma=None, after_stage=None):

@@ -214,7 +214,8 @@ def calibrate_thresholds(model, images: torch.Tensor, labels=None, masks=None, s
             note = f"{n_anom} labelled anomalous image(s) set aside: F1 needs {MIN_F1_IMAGES} normal ones"
         normal = images[~labels.to(images.device)]
         defective, dmasks, sources = synthetic_defects(normal, seed=seed, return_sources=True)
-        sources = torch.cat((torch.nonzero(~labels).flatten(), torch.nonzero(~labels).flatten()[sources]))
+        normal_idx = torch.nonzero(~labels).flatten()
+        sources = torch.cat((normal_idx, normal_idx[sources]))
         scores, maps = predict(torch.cat((normal, defective)), sources)
         labels = torch.cat((torch.zeros(n_normal, dtype=torch.bool), torch.ones(len(defective), dtype=torch.bool)))
         masks = torch.cat((torch.zeros(n_normal, dmasks[0].numel(), dtype=torch.bool), dmasks.reshape(len(dmasks), -1)))
