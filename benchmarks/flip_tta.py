@@ -11,11 +11,13 @@ patches).
    of every view, for the training images (fit's own hold-out draw re-made), the held-out
    and the test images: ``<out>/<set>_s<seed>_<category>.npz``.
 2. ``score``: with the cue maps of ``benchmarks/rescore.py maps`` (``--maps``; the identity
-   view must equal its flow map, checked), image / pixel AUROC of the default rule, of the
-   rule with the four views averaged (``tta4``) and with identity + horizontal (``tta2``).
+   view must equal its flow map, checked), image / pixel AUROC over the seeds given of the
+   default rule, of the rule with the four views averaged (``tta4``; each view-mean cue
+   calibrated on the training images' view means), with identity + horizontal (``tta2``),
+   and ``pix_tta4``: the image score of the default's map, the anomaly map of ``tta4``.
 
     python benchmarks/flip_tta.py maps --run RUN --set dev --seed 0 --category coins --out TTA
-    python benchmarks/flip_tta.py score --tta TTA --maps MAPS --set dev --seed 0 --categories coins coin
+    python benchmarks/flip_tta.py score --tta TTA --maps MAPS --set dev --seeds 0 1 2 --categories coins coin
 """
 from __future__ import annotations
 
@@ -81,31 +83,64 @@ def cmd_maps(args) -> int:
     return 0
 
 
+# rule name -> (cue weights of the map scored at image level, of the map scored at pixel level)
+RULES = {
+    "default": ({"flow": 1, "recon": 0.25, "knn": 1}, None),
+    "tta4": ({"flow_tta4": 1, "recon_tta4": 0.25, "knn": 1}, None),
+    "tta2": ({"flow_tta2": 1, "recon_tta2": 0.25, "knn": 1}, None),
+    # image score from the identity view's map (the default's), anomaly map from the four views
+    "pix_tta4": ({"flow": 1, "recon": 0.25, "knn": 1}, {"flow_tta4": 1, "recon_tta4": 0.25, "knn": 1}),
+    "flow": ({"flow": 1}, None),
+    "flow_tta4": ({"flow_tta4": 1}, None),
+}
+
+
+def _with_views(d: dict, t: dict, cat: str) -> dict:
+    """``d`` (rescore.py's maps) plus the ``_tta4`` / ``_tta2`` view means of ``t`` (this script's)."""
+    if not np.array_equal(t["test_flow0"], d["test_flow"]):
+        raise SystemExit(f"{cat}: the identity view is not rescore.py's flow map (other models?)")
+    for split in ("calib", "test"):
+        for cue in ("flow", "recon"):
+            views = [t[f"{split}_{cue}{i}"].astype(np.float32) for i in range(len(VIEWS))]
+            d[f"{split}_{cue}_tta4"] = np.mean(views, 0)
+            d[f"{split}_{cue}_tta2"] = np.mean(views[:2], 0)
+    return d
+
+
 def cmd_score(args) -> int:
+    """Per category the mean over ``--seeds`` of every rule's image / pixel AUROC; then the
+    means, the worst category, and in how many (seed, category) units each rule moved the
+    pixel and the image AUROC against the default."""
     sys.path.insert(0, HERE)
     import rescore
 
-    rules = {"default": {"flow": 1, "recon": 0.25, "knn": 1}, "tta4": {"flow_tta4": 1, "recon_tta4": 0.25, "knn": 1},
-             "tta2": {"flow_tta2": 1, "recon_tta2": 0.25, "knn": 1}, "flow": {"flow": 1},
-             "flow_tta4": {"flow_tta4": 1}}
-    print(f"image / pixel AUROC, {args.set} seed {args.seed}")
-    print("| category | " + " | ".join(rules) + " |")
-    for cat in args.categories:
-        name = f"{args.set}_s{args.seed}_{cat.replace('@', '_')}.npz"
-        d = dict(np.load(os.path.join(args.maps, name)))
-        t = dict(np.load(os.path.join(args.tta, name)))
-        if not np.array_equal(t["test_flow0"], d["test_flow"]):
-            raise SystemExit(f"{cat}: the identity view is not rescore.py's flow map (other models?)")
-        for split in ("calib", "test"):
-            for cue in ("flow", "recon"):
-                views = [t[f"{split}_{cue}{i}"].astype(np.float32) for i in range(len(VIEWS))]
-                d[f"{split}_{cue}_tta4"] = np.mean(views, 0)
-                d[f"{split}_{cue}_tta2"] = np.mean(views[:2], 0)
-        cells = []
-        for rule in rules.values():
-            r = rescore.evaluate(d, rescore.combine(d, rule))
-            cells.append(f"{r['image_auroc']:.3f} / {r['pixel_auroc']:.3f}")
-        print(f"| {cat} | " + " | ".join(cells) + " |")
+    res = {}
+    for seed in args.seeds:
+        for cat in args.categories:
+            name = f"{args.set}_s{seed}_{cat.replace('@', '_')}.npz"
+            d = dict(np.load(os.path.join(args.maps, name)))
+            knnall = os.path.join(args.maps, name.replace(".npz", "_knnall.npz"))
+            if os.path.exists(knnall):
+                d.update(np.load(knnall))
+            d = _with_views(d, dict(np.load(os.path.join(args.tta, name))), cat)
+            for rule, (image_rule, pixel_rule) in RULES.items():
+                r = rescore.evaluate(d, rescore.combine(d, image_rule))
+                if pixel_rule is not None:
+                    r["pixel_auroc"] = rescore.evaluate(d, rescore.combine(d, pixel_rule))["pixel_auroc"]
+                res[(rule, seed, cat)] = (r["image_auroc"], r["pixel_auroc"])
+    print(f"image / pixel AUROC, {args.set}, mean of seeds {args.seeds}")
+    print("| rule | " + " | ".join(args.categories) + " | mean | worst | pixel up / down | image up / down |")
+    print("| --- |" + " ---: |" * (len(args.categories) + 4))
+    for rule in RULES:
+        per_cat = np.array([np.mean([res[(rule, s, c)] for s in args.seeds], 0) for c in args.categories])
+        diff = np.array([np.subtract(res[(rule, s, c)], res[("default", s, c)])
+                         for s in args.seeds for c in args.categories])
+        cells = [f"{i:.3f} / {p:.3f}" for i, p in per_cat]
+        cells += [f"{per_cat[:, 0].mean():.3f} / {per_cat[:, 1].mean():.3f}",
+                  f"{per_cat[:, 0].min():.3f} / {per_cat[:, 1].min():.3f}",
+                  f"{(diff[:, 1] > 0).sum()} / {(diff[:, 1] < 0).sum()}",
+                  f"{(diff[:, 0] > 0).sum()} / {(diff[:, 0] < 0).sum()}"]
+        print(f"| {rule} | " + " | ".join(cells) + " |")
     return 0
 
 
@@ -123,7 +158,7 @@ def main(argv=None) -> int:
     s.add_argument("--tta", required=True, help="the maps folder of this script")
     s.add_argument("--maps", required=True, help="rescore.py's maps folder")
     s.add_argument("--set", required=True)
-    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--seeds", type=int, nargs="+", required=True)
     s.add_argument("--categories", nargs="+", required=True)
     args = p.parse_args(argv)
     return cmd_maps(args) if args.cmd == "maps" else cmd_score(args)
