@@ -14,7 +14,8 @@ patches).
    view must equal its flow map, checked), image / pixel AUROC over the seeds given of the
    default rule, of the rule with the four views averaged (``tta4``; each view-mean cue
    calibrated on the training images' view means), with identity + horizontal (``tta2``),
-   and ``pix_tta4``: the image score of the default's map, the anomaly map of ``tta4``.
+   ``pix_tta4``: the image score of the default's map, the anomaly map of ``tta4``; and
+   ``tta4_defaultcal``: ``tta4``'s maps with the identity view's calibration.
 
     python benchmarks/flip_tta.py maps --run RUN --set dev --seed 0 --category coins --out TTA
     python benchmarks/flip_tta.py score --tta TTA --maps MAPS --set dev --seeds 0 1 2 --categories coins coin
@@ -90,6 +91,8 @@ RULES = {
     "tta2": ({"flow_tta2": 1, "recon_tta2": 0.25, "knn": 1}, None),
     # image score from the identity view's map (the default's), anomaly map from the four views
     "pix_tta4": ({"flow": 1, "recon": 0.25, "knn": 1}, {"flow_tta4": 1, "recon_tta4": 0.25, "knn": 1}),
+    # the four views' map calibrated with the identity view's statistics (the default's calibration)
+    "tta4_defaultcal": ({"flow_tta4_dcal": 1, "recon_tta4_dcal": 0.25, "knn": 1}, None),
     "flow": ({"flow": 1}, None),
     "flow_tta4": ({"flow_tta4": 1}, None),
 }
@@ -104,6 +107,8 @@ def _with_views(d: dict, t: dict, cat: str) -> dict:
             views = [t[f"{split}_{cue}{i}"].astype(np.float32) for i in range(len(VIEWS))]
             d[f"{split}_{cue}_tta4"] = np.mean(views, 0)
             d[f"{split}_{cue}_tta2"] = np.mean(views[:2], 0)
+        for cue in ("flow", "recon"):
+            d[f"{split}_{cue}_tta4_dcal"] = d[f"{split}_{cue}"] if split == "calib" else d[f"test_{cue}_tta4"]
     return d
 
 
