@@ -107,8 +107,7 @@ def _with_views(d: dict, t: dict, cat: str) -> dict:
             views = [t[f"{split}_{cue}{i}"].astype(np.float32) for i in range(len(VIEWS))]
             d[f"{split}_{cue}_tta4"] = np.mean(views, 0)
             d[f"{split}_{cue}_tta2"] = np.mean(views[:2], 0)
-        for cue in ("flow", "recon"):
-            d[f"{split}_{cue}_tta4_dcal"] = d[f"{split}_{cue}"] if split == "calib" else d[f"test_{cue}_tta4"]
+            d[f"{split}_{cue}_tta4_dcal"] = d[f"{split}_{cue}" if split == "calib" else f"{split}_{cue}_tta4"]
     return d
 
 
@@ -123,11 +122,8 @@ def cmd_score(args) -> int:
     for seed in args.seeds:
         for cat in args.categories:
             name = f"{args.set}_s{seed}_{cat.replace('@', '_')}.npz"
-            d = dict(np.load(os.path.join(args.maps, name)))
-            knnall = os.path.join(args.maps, name.replace(".npz", "_knnall.npz"))
-            if os.path.exists(knnall):
-                d.update(np.load(knnall))
-            d = _with_views(d, dict(np.load(os.path.join(args.tta, name))), cat)
+            d = _with_views(rescore.load_maps(args.maps, args.set, seed, cat),
+                            dict(np.load(os.path.join(args.tta, name))), cat)
             for rule, (image_rule, pixel_rule) in RULES.items():
                 r = rescore.evaluate(d, rescore.combine(d, image_rule))
                 if pixel_rule is not None:

@@ -203,6 +203,15 @@ def _maps_path(maps: str, name: str, seed: int, category: str) -> str:
     return os.path.join(maps, f"{name}_s{seed}_{category.replace('@', '_')}.npz")
 
 
+def load_maps(maps: str, name: str, seed: int, category: str) -> dict:
+    """The saved maps of one category and seed, with its ``_knnall`` side file where there is one."""
+    path = _maps_path(maps, name, seed, category)
+    d = dict(np.load(path))
+    if os.path.exists(path.replace(".npz", "_knnall.npz")):
+        d.update(np.load(path.replace(".npz", "_knnall.npz")))
+    return d
+
+
 def cmd_maps(args) -> int:
     os.makedirs(args.maps, exist_ok=True)
     suffix = "_knnall.npz" if args.cmd == "knnall" else ".npz"
@@ -257,10 +266,7 @@ def cmd_score(args) -> int:
     res = {}
     for seed in args.seeds:
         for cat in cats:
-            path = _maps_path(args.maps, args.set, seed, cat)
-            d = dict(np.load(path))
-            if os.path.exists(path.replace(".npz", "_knnall.npz")):
-                d.update(np.load(path.replace(".npz", "_knnall.npz")))
+            d = load_maps(args.maps, args.set, seed, cat)
             for name, rule in rules.items():
                 res[(name, seed, cat)] = evaluate(d, combine(d, rule))
 
